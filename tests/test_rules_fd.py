@@ -1,0 +1,868 @@
+"""Every derivative rule of einderiv, checked against central finite differences (float64).
+
+The references are plain numpy functions written by hand from the formula's meaning
+(SPEC section 2: einsum semantics term by term) and differentiated numerically by
+``tests/reference.py``; nothing here uses einderiv to compute an expected value.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import einderiv as ed  # noqa: E402
+from reference import (  # noqa: E402
+    assert_close,
+    evaluate,
+    fd_derivative,
+    fd_jacobian,
+    index_letters,
+    layout_letters,
+    permute_layout,
+    random_inputs,
+    split_wrt,
+)
+
+# ---------------------------------------------------------------------------
+# numpy versions of the elementwise functions
+# ---------------------------------------------------------------------------
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softplus(x):
+    return np.log1p(np.exp(x))
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+FUNCS = {
+    "exp": np.exp,
+    "log": np.log,
+    "sqrt": np.sqrt,
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "tanh": np.tanh,
+    "sinh": np.sinh,
+    "cosh": np.cosh,
+    "sigmoid": sigmoid,
+    "softplus": softplus,
+    "relu": relu,
+    "abs": np.abs,
+}
+POSITIVE_FUNCS = {"log", "sqrt"}
+
+# default absolute tolerance (relative to the reference's scale) per derivative order:
+# two-point FD with eps=1e-6 for order 1, nested five-point FD with eps=1e-3 above.
+ATOL_REL = {1: 1e-8, 2: 1e-7, 3: 1e-6}
+
+
+# ---------------------------------------------------------------------------
+# the generic check
+# ---------------------------------------------------------------------------
+
+
+def check_forward(src, arrays, fref, sizes=None):
+    """einderiv's evaluation of the program itself agrees with the hand-written reference."""
+    prog = ed.parse(src) if sizes is None else ed.parse(src, sizes=sizes)
+    ref = np.asarray(fref(**arrays), dtype=np.float64)
+    kw = {} if sizes is None else {"sizes": sizes}
+    got = evaluate(prog, arrays, ref.shape, **kw)
+    assert_close(got, ref, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(ref).max()), nonzero=False,
+                 what=f"forward value of {src!r}")
+
+
+def check_diff(src, wrt, arrays, fref, out="", layout="numerator", of=None, rtol=1e-6,
+               atol_rel=None, nonzero=True, forward=True):
+    """Differentiate with einderiv and compare with finite differences of ``fref``.
+
+    ``out``: the index letters of the differentiated output (LHS order).
+    ``wrt``: as given to ``ed.diff`` with named indices, e.g. "A_pq" or ["x_p", "x_q"].
+    """
+    wrt_list = [wrt] if isinstance(wrt, str) else list(wrt)
+    names, groups = zip(*(split_wrt(w) for w in wrt_list))
+    kwargs = {"wrt": wrt, "layout": layout}
+    if of is not None:
+        kwargs["of"] = of
+    d = ed.diff(src, **kwargs)
+    if forward and of is None:
+        check_forward(src, arrays, fref)
+    ref_num = fd_derivative(fref, arrays, list(names))
+    ref = permute_layout(ref_num, out, list(groups), layout)
+    want_axes = tuple(layout_letters(out, list(groups), layout))
+    assert tuple(d.indices) == want_axes, f"d.indices={tuple(d.indices)} != {want_axes}"
+    got = evaluate(d, arrays, ref.shape)
+    if atol_rel is None:
+        atol_rel = ATOL_REL[len(wrt_list)]
+    assert_close(got, ref, rtol=rtol, atol_rel=atol_rel, nonzero=nonzero,
+                 what=f"d({src!r})/d{wrt_list} layout={layout!r}")
+    return d
+
+
+# ---------------------------------------------------------------------------
+# sum, product, quotient rules
+# ---------------------------------------------------------------------------
+
+I, J, K = 3, 4, 2
+
+BASIC_CASES = [
+    # (id, src, wrt, shapes, positive, reference, out letters)
+    ("sum", "y_i = a_i + b_i - c_i", "c_p", {"a": (I,), "b": (I,), "c": (I,)}, (),
+     lambda a, b, c: a + b - c, "i"),
+    ("sum-scaled", "y_i = 2 a_i - 3.5 b_i", "b_p", {"a": (I,), "b": (I,)}, (),
+     lambda a, b: 2 * a - 3.5 * b, "i"),
+    ("product3", "y_i = a_i b_i c_i", "b_p", {"a": (I,), "b": (I,), "c": (I,)}, (),
+     lambda a, b, c: a * b * c, "i"),
+    ("product-star", "y_i = a_i * b_i", "a_p", {"a": (I,), "b": (I,)}, (),
+     lambda a, b: a * b, "i"),
+    ("matmul-A", "C_ik = A_ij B_jk", "A_pq", {"A": (I, J), "B": (J, K)}, (),
+     lambda A, B: A @ B, "ik"),
+    ("matmul-B", "C_ik = A_ij B_jk", "B_pq", {"A": (I, J), "B": (J, K)}, (),
+     lambda A, B: A @ B, "ik"),
+    ("square-same-var", "L = x_i x_i", "x_p", {"x": (I,)}, (),
+     lambda x: x @ x, ""),
+    ("quadratic-form", "L = x_i A_ij x_j", "x_p", {"x": (I,), "A": (I, I)}, (),
+     lambda x, A: x @ A @ x, ""),
+    ("quadratic-form-A", "L = x_i A_ij x_j", "A_pq", {"x": (I,), "A": (I, I)}, (),
+     lambda x, A: x @ A @ x, ""),
+    ("quotient-num", "y_i = a_i / b_i", "a_p", {"a": (I,), "b": (I,)}, ("b",),
+     lambda a, b: a / b, "i"),
+    ("quotient-den", "y_i = a_i / b_i", "b_p", {"a": (I,), "b": (I,)}, ("b",),
+     lambda a, b: a / b, "i"),
+    ("quotient-both", "y_i = x_i / (x_i + b_i)", "x_p", {"x": (I,), "b": (I,)}, ("x", "b"),
+     lambda x, b: x / (x + b), "i"),
+    ("quotient-precedence", "y_i = x_i / z_i w_i", "z_p", {"x": (I,), "z": (I,), "w": (I,)},
+     ("z",), lambda x, z, w: (x / z) * w, "i"),
+    ("reciprocal-sum", "L = 1 / x_i", "x_p", {"x": (I,)}, ("x",),
+     lambda x: np.sum(1.0 / x), ""),
+    ("quotient-by-sum", "p_i = x_i / sum_j(x_j)", "x_p", {"x": (I,)}, ("x",),
+     lambda x: x / x.sum(), "i"),
+    ("unary-minus-power", "y_i = -x_i^2", "x_p", {"x": (I,)}, (),
+     lambda x: -(x ** 2), "i"),
+    ("scalar-times-vector", "y_i = s x_i", "s", {"s": (), "x": (I,)}, (),
+     lambda s, x: s * x, "i"),
+    ("affine", "y_i = A_ij x_j + b_i", "x_p", {"A": (I, J), "x": (J,), "b": (I,)}, (),
+     lambda A, x, b: A @ x + b, "i"),
+    ("affine-b", "y_i = A_ij x_j + b_i", "b_p", {"A": (I, J), "x": (J,), "b": (I,)}, (),
+     lambda A, x, b: A @ x + b, "i"),
+    ("group-in-term", "y_i = (W_ij x_j + b_i) c_i", "b_p",
+     {"W": (I, J), "x": (J,), "b": (I,), "c": (I,)}, (),
+     lambda W, x, b, c: ((W * x[None, :] + b[:, None]) * c[:, None]).sum(1), "i"),
+    ("squared-error", "L = (x_i - y_i)^2", "x_p", {"x": (I,), "y": (I,)}, (),
+     lambda x, y: np.sum((x - y) ** 2), ""),
+    ("cross-entropy", "L = -y_i log(p_i)", "p_p", {"y": (I,), "p": (I,)}, ("p",),
+     lambda y, p: -np.sum(y * np.log(p)), ""),
+    ("braces-indices", "C_{ik} = A_{ij} B_{jk}", "B_pq", {"A": (I, J), "B": (J, K)}, (),
+     lambda A, B: A @ B, "ik"),
+]
+
+
+@pytest.mark.parametrize("case", BASIC_CASES, ids=[c[0] for c in BASIC_CASES])
+def test_basic_rules(case):
+    _, src, wrt, shapes, positive, fref, out = case
+    arrays = random_inputs(shapes, seed=1, positive=positive)
+    check_diff(src, wrt, arrays, fref, out=out)
+
+
+def test_named_multiletter_indices():
+    """Comma form: one multi-letter index per name (SPEC 1)."""
+    d = ed.diff("C_{row,col} = A_{row,mid} B_{mid,col}", wrt="A")
+    idx = tuple(d.indices)
+    assert idx[:2] == ("row", "col") and len(idx) == 4, idx
+    arrays = random_inputs({"A": (I, J), "B": (J, K)}, seed=2)
+    ref = fd_jacobian(lambda A, B: A @ B, arrays, "A")
+    got = evaluate(d, arrays, ref.shape)
+    assert_close(got, ref, what="named indices")
+
+
+def test_braces_without_comma_are_letters():
+    """y_{ij} is the same as y_ij."""
+    arrays = random_inputs({"A": (I, J), "x": (J,)}, seed=3)
+    check_diff("y_{i} = A_{ij} x_{j}", "A_pq", arrays,
+               lambda A, x: A @ x, out="i")
+
+
+# ---------------------------------------------------------------------------
+# power rule
+# ---------------------------------------------------------------------------
+
+POWER_CASES = [
+    ("square", "y_i = x_i^2", "x_p", {"x": (I,)}, (), lambda x: x ** 2, "i"),
+    ("cube", "y_i = x_i^3", "x_p", {"x": (I,)}, (), lambda x: x ** 3, "i"),
+    ("half", "y_i = x_i^0.5", "x_p", {"x": (I,)}, ("x",), lambda x: x ** 0.5, "i"),
+    ("minus-one", "y_i = x_i^(-1)", "x_p", {"x": (I,)}, ("x",), lambda x: 1.0 / x, "i"),
+    ("minus-1.5", "y_i = x_i^(-1.5)", "x_p", {"x": (I,)}, ("x",), lambda x: x ** -1.5, "i"),
+    ("one", "y_i = x_i^1 + x_i", "x_p", {"x": (I,)}, (), lambda x: 2 * x, "i"),
+    ("power-of-sum", "L = sum_i(x_i x_i)^0.5", "x_p", {"x": (I,)}, (),
+     lambda x: np.sqrt(x @ x), ""),
+    ("power-of-group", "y_i = (a_i + x_i)^3", "x_p", {"a": (I,), "x": (I,)}, (),
+     lambda a, x: (a + x) ** 3, "i"),
+    ("tensor-exp-wrt-base", "y_i = x_i^a", "x_p", {"x": (I,), "a": ()}, ("x",),
+     lambda x, a: x ** a, "i"),
+    ("tensor-exp-wrt-exp", "y_i = x_i^a", "a", {"x": (I,), "a": ()}, ("x",),
+     lambda x, a: x ** a, "i"),
+    ("tensor-exp-product", "y_i = x_i^(a b)", "b", {"x": (I,), "a": (), "b": ()}, ("x",),
+     lambda x, a, b: x ** (a * b), "i"),
+    ("tensor-exp-expr", "y_i = x_i^(2 a - 1)", "a", {"x": (I,), "a": ()}, ("x",),
+     lambda x, a: x ** (2 * a - 1), "i"),
+    ("scalar-pow-scalar", "y_i = c_i a^b", "a", {"c": (I,), "a": (), "b": ()}, ("a",),
+     lambda c, a, b: c * a ** b, "i"),
+    ("scalar-pow-scalar-b", "y_i = c_i a^b", "b", {"c": (I,), "a": (), "b": ()}, ("a",),
+     lambda c, a, b: c * a ** b, "i"),
+    # summation stands outside the power: sum_i (x_i x_i)^a
+    ("power-term-sum-outside", "L = (x_i x_i)^a", "x_p", {"x": (I,), "a": ()}, ("a",),
+     lambda x, a: np.sum((x * x) ** a), ""),
+    ("power-term-sum-outside-a", "L = (x_i x_i)^a", "a", {"x": (I,), "a": ()}, ("a",),
+     lambda x, a: np.sum((x * x) ** a), ""),
+]
+
+
+@pytest.mark.parametrize("case", POWER_CASES, ids=[c[0] for c in POWER_CASES])
+def test_power_rule(case):
+    _, src, wrt, shapes, positive, fref, out = case
+    arrays = random_inputs(shapes, seed=3, positive=positive)
+    check_diff(src, wrt, arrays, fref, out=out)
+
+
+# ---------------------------------------------------------------------------
+# every function: chain rule, first and second order
+# ---------------------------------------------------------------------------
+
+
+def _func_inputs(fname, shapes, seed):
+    if fname in POSITIVE_FUNCS:
+        return random_inputs(shapes, seed=seed, positive=tuple(shapes))
+    if fname == "tan":
+        return random_inputs(shapes, seed=seed, unit=tuple(shapes))
+    return random_inputs(shapes, seed=seed)
+
+
+@pytest.mark.parametrize("fname", sorted(FUNCS))
+def test_function_elementwise(fname):
+    f = FUNCS[fname]
+    arrays = _func_inputs(fname, {"x": (I,)}, seed=4)
+    check_diff(f"y_i = {fname}(x_i)", "x_p", arrays, lambda x: f(x), out="i")
+
+
+@pytest.mark.parametrize("fname", sorted(FUNCS))
+def test_function_of_contraction(fname):
+    """f applied to an explicit sum; chain rule through sum_j(...)."""
+    f = FUNCS[fname]
+    shapes = {"W": (I, J), "x": (J,)}
+    if fname in POSITIVE_FUNCS:
+        arrays = random_inputs(shapes, seed=5, positive=("W", "x"))
+    elif fname == "tan":
+        arrays = random_inputs(shapes, seed=5, unit=("W", "x"))
+        arrays["W"] = arrays["W"] / J
+    else:
+        arrays = random_inputs(shapes, seed=5)
+        if fname in ("relu", "abs"):
+            # keep the arguments of the kink function well away from zero
+            arrays["x"] = np.abs(arrays["x"])
+            arrays["W"] = np.abs(arrays["W"]) * np.array([1, -1, 1])[:, None]
+    check_diff(f"y_i = {fname}(sum_j(W_ij x_j))", "W_pq", arrays,
+               lambda W, x: f(W @ x), out="i")
+
+
+@pytest.mark.parametrize("fname", sorted(FUNCS))
+def test_function_hessian(fname):
+    """Second order: L = sum_i x_i f(x_i), Hessian 2 f' + x f'' on the diagonal."""
+    f = FUNCS[fname]
+    arrays = _func_inputs(fname, {"x": (I,)}, seed=6)
+    check_diff(f"L = x_i {fname}(x_i)", ["x_p", "x_q"], arrays,
+               lambda x: np.sum(x * f(x)), out="")
+
+
+def test_unknown_function_is_an_error():
+    with pytest.raises(ed.EinderivError):
+        ed.diff("y_i = erf(x_i)", wrt="x_p")
+
+
+# ---------------------------------------------------------------------------
+# sum_j(...), and where the summation stands
+# ---------------------------------------------------------------------------
+
+SUM_CASES = [
+    ("tanh-explicit-sum", "y_i = tanh(sum_j(W_ij x_j) + b_i)", "W_pq",
+     {"W": (I, J), "x": (J,), "b": (I,)}, (),
+     lambda W, x, b: np.tanh(W @ x + b), "i"),
+    ("tanh-explicit-sum-x", "y_i = tanh(sum_j(W_ij x_j) + b_i)", "x_p",
+     {"W": (I, J), "x": (J,), "b": (I,)}, (),
+     lambda W, x, b: np.tanh(W @ x + b), "i"),
+    # without sum_j the term is summed over j outside tanh (SPEC 2)
+    ("tanh-sum-outside", "y_i = tanh(W_ij x_j + b_i)", "W_pq",
+     {"W": (I, J), "x": (J,), "b": (I,)}, (),
+     lambda W, x, b: np.tanh(W * x[None, :] + b[:, None]).sum(1), "i"),
+    ("tanh-sum-outside-b", "y_i = tanh(W_ij x_j + b_i)", "b_p",
+     {"W": (I, J), "x": (J,), "b": (I,)}, (),
+     lambda W, x, b: np.tanh(W * x[None, :] + b[:, None]).sum(1), "i"),
+    ("logsumexp", "L = log(sum_i(exp(x_i)))", "x_p", {"x": (I,)}, (),
+     lambda x: np.log(np.sum(np.exp(x))), ""),
+    ("nested-sums", "L = sum_i(sum_j(A_ij x_j)^2)", "x_p", {"A": (I, J), "x": (J,)}, (),
+     lambda A, x: np.sum((A @ x) ** 2), ""),
+    ("sum-times-vector", "y_i = x_i sum_j(x_j)", "x_p", {"x": (I,)}, (),
+     lambda x: x * x.sum(), "i"),
+    ("sum-two-indices", "L = sqrt(sum_ij(X_ij X_ij))", "X_pq", {"X": (I, J)}, (),
+     lambda X: np.sqrt(np.sum(X * X)), ""),
+    ("sum-in-divisor", "p_i = exp(z_i) / sum_j(exp(z_j))", "z_p", {"z": (I,)}, (),
+     lambda z: np.exp(z) / np.exp(z).sum(), "i"),
+]
+
+
+@pytest.mark.parametrize("case", SUM_CASES, ids=[c[0] for c in SUM_CASES])
+def test_sums(case):
+    _, src, wrt, shapes, positive, fref, out = case
+    arrays = random_inputs(shapes, seed=7, positive=positive)
+    check_diff(src, wrt, arrays, fref, out=out)
+
+
+# ---------------------------------------------------------------------------
+# deltas, broadcasting, traces, diagonals
+# ---------------------------------------------------------------------------
+
+STRUCT_CASES = [
+    ("delta-contract", "y_i = delta_ij x_j", "x_p", {"x": (I,)}, (), lambda x: x.copy(), "i"),
+    ("delta-greek", "y_i = δ_ij x_j + A_ij x_j", "x_p", {"x": (I,), "A": (I, I)}, (),
+     lambda x, A: x + A @ x, "i"),
+    ("delta-free", "C_ij = delta_ij x_i", "x_p", {"x": (I,)}, (), lambda x: np.diag(x), "ij"),
+    ("delta-trace", "t = delta_ij A_ij", "A_pq", {"A": (I, I)}, (), lambda A: np.trace(A), ""),
+    ("delta-group", "y_i = (delta_ij + A_ij) x_j", "A_pq", {"x": (I,), "A": (I, I)}, (),
+     lambda x, A: x + A @ x, "i"),
+    ("delta-chain", "C_ik = delta_ij delta_jk x_k", "x_p", {"x": (I,)}, (),
+     lambda x: np.diag(x), "ik"),
+    ("broadcast-row", "C_ij = A_ij + b_i", "b_p", {"A": (I, J), "b": (I,)}, (),
+     lambda A, b: A + b[:, None], "ij"),
+    ("broadcast-row-A", "C_ij = A_ij + b_i", "A_pq", {"A": (I, J), "b": (I,)}, (),
+     lambda A, b: A + b[:, None], "ij"),
+    ("broadcast-outer-sum", "C_ij = a_i + b_j", "b_p", {"a": (I,), "b": (J,)}, (),
+     lambda a, b: a[:, None] + b[None, :], "ij"),
+    ("broadcast-3d", "C_ijk = A_ij + B_jk", "B_pq", {"A": (I, J), "B": (J, K)}, (),
+     lambda A, B: A[:, :, None] + B[None, :, :], "ijk"),
+    ("broadcast-scalar", "y_i = s + x_i", "s", {"s": (), "x": (I,)}, (),
+     lambda s, x: s + x, "i"),
+    ("outer", "C_ij = a_i b_j", "a_p", {"a": (I,), "b": (J,)}, (),
+     lambda a, b: np.outer(a, b), "ij"),
+    ("trace", "t = A_ii", "A_pq", {"A": (I, I)}, (), lambda A: np.trace(A), ""),
+    ("trace-product", "t = A_ij B_ji", "A_pq", {"A": (I, J), "B": (J, I)}, (),
+     lambda A, B: np.trace(A @ B), ""),
+    ("trace-square", "t = A_ij A_ji", "A_pq", {"A": (I, I)}, (),
+     lambda A: np.trace(A @ A), ""),
+    ("trace-cube", "t = A_ij A_jk A_ki", "A_pq", {"A": (I, I)}, (),
+     lambda A: np.trace(A @ A @ A), ""),
+    ("trace-times-trace", "L = A_ii A_jj", "A_pq", {"A": (I, I)}, (),
+     lambda A: np.trace(A) ** 2, ""),
+    ("diagonal", "d_i = A_ii", "A_pq", {"A": (I, I)}, (), lambda A: np.diag(A).copy(), "i"),
+    ("diagonal-of-product", "d_i = A_ij B_ji", "B_pq", {"A": (I, J), "B": (J, I)}, (),
+     lambda A, B: np.diag(A @ B).copy(), "i"),
+    ("diagonal-times-vector", "d_i = A_ii x_i", "A_pq", {"A": (I, I), "x": (I,)}, (),
+     lambda A, x: np.diag(A) * x, "i"),
+]
+
+
+@pytest.mark.parametrize("case", STRUCT_CASES, ids=[c[0] for c in STRUCT_CASES])
+def test_structure(case):
+    _, src, wrt, shapes, positive, fref, out = case
+    arrays = random_inputs(shapes, seed=8, positive=positive)
+    check_diff(src, wrt, arrays, fref, out=out)
+
+
+# ---------------------------------------------------------------------------
+# programs: chain rule through intermediates, of=
+# ---------------------------------------------------------------------------
+
+MLP_SRC = "h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2"
+
+
+def mlp_ref(W, x, t):
+    return np.sum((np.tanh(W @ x) - t) ** 2)
+
+
+LOGREG_SRC = """
+# logistic regression, three statements
+z_i = W_ij x_j + b_i
+h_i = sigmoid(z_i)
+L = -y_i log(h_i) - (1 - y_i) log(1 - h_i)
+"""
+
+
+def logreg_ref(W, x, b, y):
+    h = sigmoid(W @ x + b)
+    return -np.sum(y * np.log(h)) - np.sum((1 - y) * np.log(1 - h))
+
+
+PROGRAM_CASES = [
+    ("mlp-W", MLP_SRC, "W_pq", {"W": (I, J), "x": (J,), "t": (I,)}, (), mlp_ref, ""),
+    ("mlp-x", MLP_SRC, "x_p", {"W": (I, J), "x": (J,), "t": (I,)}, (), mlp_ref, ""),
+    ("logreg-W", LOGREG_SRC, "W_pq", {"W": (I, J), "x": (J,), "b": (I,), "y": (I,)}, ("y",),
+     logreg_ref, ""),
+    ("logreg-b", LOGREG_SRC, "b_p", {"W": (I, J), "x": (J,), "b": (I,), "y": (I,)}, ("y",),
+     logreg_ref, ""),
+    ("renamed-indices", "h_k = exp(x_k); L = h_j A_jm h_m", "x_p", {"x": (I,), "A": (I, I)}, (),
+     lambda x, A: np.exp(x) @ A @ np.exp(x), ""),
+    ("intermediate-used-twice", "u_i = x_i^2; v = u_i u_i; L = v u_j", "x_p", {"x": (I,)}, (),
+     lambda x: np.sum(x ** 4) * np.sum(x ** 2), ""),
+    ("matrix-intermediate", "M_ik = A_ij B_jk; N_il = M_ik M_lk", "A_pq",
+     {"A": (I, J), "B": (J, K)}, (), lambda A, B: (A @ B) @ (A @ B).T, "il"),
+    ("semicolon-and-newline", "a_i = sin(x_i);\nb_i = a_i a_i\nc = b_i x_i", "x_p", {"x": (I,)},
+     (), lambda x: np.sum(np.sin(x) ** 2 * x), ""),
+]
+
+
+@pytest.mark.parametrize("case", PROGRAM_CASES, ids=[c[0] for c in PROGRAM_CASES])
+def test_programs(case):
+    _, src, wrt, shapes, positive, fref, out = case
+    arrays = random_inputs(shapes, seed=9, unit=positive)
+    check_diff(src, wrt, arrays, fref, out=out)
+
+
+def test_of_selects_intermediate():
+    arrays = random_inputs({"W": (I, J), "x": (J,), "t": (I,)}, seed=10)
+    check_diff(MLP_SRC, "W_pq", arrays, lambda W, x, t: np.tanh(W @ x), out="i", of="h")
+    check_diff(MLP_SRC, "W_pq", arrays, mlp_ref, out="", of="L")
+
+
+def test_of_middle_statement_of_three():
+    arrays = random_inputs({"W": (I, J), "x": (J,), "b": (I,), "y": (I,)}, seed=11, unit=("y",))
+    check_diff(LOGREG_SRC, "x_p", arrays, lambda W, x, b, y: sigmoid(W @ x + b), out="i", of="h")
+
+
+# ---------------------------------------------------------------------------
+# wrt with fresh vs named indices
+# ---------------------------------------------------------------------------
+
+
+def test_wrt_fresh_indices():
+    src = "C_ik = A_ij B_jk"
+    arrays = random_inputs({"A": (I, J), "B": (J, K)}, seed=12)
+    d = ed.diff(src, wrt="A")
+    idx = tuple(d.indices)
+    assert len(idx) == 4 and idx[:2] == ("i", "k"), idx
+    fresh = idx[2:]
+    assert len(set(fresh)) == 2 and not set(fresh) & {"i", "j", "k"}, idx
+    ref = fd_jacobian(lambda A, B: A @ B, arrays, "A")
+    got = evaluate(d, arrays, ref.shape)
+    assert_close(got, ref, what="wrt='A'")
+    named = evaluate(ed.diff(src, wrt="A_pq"), arrays, ref.shape)
+    assert_close(got, named, rtol=1e-12, what="fresh vs named")
+
+
+def test_wrt_fresh_indices_hessian():
+    src = "L = x_i A_ij x_j"
+    arrays = random_inputs({"x": (I,), "A": (I, I)}, seed=13)
+    d = ed.diff(src, wrt=["x", "x"])
+    idx = tuple(d.indices)
+    assert len(idx) == 2 and idx[0] != idx[1] and not set(idx) & {"i", "j"}, idx
+    got = evaluate(d, arrays, (I, I))
+    assert_close(got, arrays["A"] + arrays["A"].T, rtol=1e-12, what="fresh Hessian")
+
+
+def test_wrt_fresh_indices_denominator():
+    src = "y_i = A_ij x_j"
+    arrays = random_inputs({"A": (I, J), "x": (J,)}, seed=14)
+    d = ed.diff(src, wrt="A", layout="denominator")
+    idx = tuple(d.indices)
+    assert len(idx) == 3 and idx[2] == "i" and not set(idx[:2]) & {"i", "j"}, idx
+    ref = np.transpose(fd_jacobian(lambda A, x: A @ x, arrays, "A"), (1, 2, 0))
+    assert_close(evaluate(d, arrays, ref.shape), ref, what="fresh denominator")
+
+
+def test_wrt_named_index_clashing_with_summed_index():
+    """A wrt letter that is summed in the formula (j): either a clear EinderivError or a
+    correct result with j as a new axis -- never a silently wrong answer."""
+    src = "C_ik = A_ij B_jk"
+    arrays = random_inputs({"A": (I, J), "B": (J, K)}, seed=15)
+    try:
+        ed.diff(src, wrt="A_jq")
+    except ed.EinderivError:
+        return
+    check_diff(src, "A_jq", arrays, lambda A, B: A @ B, out="ik")
+
+
+# ---------------------------------------------------------------------------
+# higher order
+# ---------------------------------------------------------------------------
+
+
+def test_hessian_quadratic_form_all_layouts():
+    arrays = random_inputs({"x": (I,), "A": (I, I)}, seed=16)
+    for layout in ("numerator", "denominator", "qp"):
+        check_diff("L = x_i A_ij x_j", ["x_p", "x_q"], arrays, lambda x, A: x @ A @ x,
+                   out="", layout=layout)
+
+
+def test_hessian_logsumexp():
+    arrays = random_inputs({"x": (4,)}, seed=17)
+    check_diff("L = log(sum_i(exp(x_i)))", ["x_p", "x_q"], arrays,
+               lambda x: np.log(np.sum(np.exp(x))), out="")
+
+
+def test_hessian_mlp_matrix():
+    arrays = random_inputs({"W": (I, J), "x": (J,), "t": (I,)}, seed=18)
+    check_diff(MLP_SRC, ["W_pq", "W_rs"], arrays, mlp_ref, out="")
+
+
+def test_mixed_second_derivative():
+    arrays = random_inputs({"x": (I,), "A": (I, I)}, seed=19)
+    check_diff("L = x_i A_ij x_j", ["x_p", "A_qr"], arrays, lambda x, A: x @ A @ x, out="")
+    check_diff("L = x_i A_ij x_j", ["A_qr", "x_p"], arrays, lambda x, A: x @ A @ x, out="")
+
+
+def test_second_derivative_vector_output_layouts():
+    arrays = random_inputs({"T": (K, I, I), "x": (I,)}, seed=20)
+    fref = lambda T, x: np.einsum("kij,i,j->k", T, x, np.exp(x))  # noqa: E731
+    for layout in ("numerator", "denominator", "pkq"):
+        check_diff("y_k = T_kij x_i exp(x_j)", ["x_p", "x_q"], arrays, fref, out="k",
+                   layout=layout)
+
+
+def test_third_order():
+    arrays = random_inputs({"a": (I,), "x": (I,)}, seed=21)
+    arrays["a"] *= 0.5
+    check_diff("L = exp(sum_i(a_i x_i))", ["x_p", "x_q", "x_r"], arrays,
+               lambda a, x: np.exp(a @ x), out="")
+
+
+def test_third_order_cubic_form():
+    arrays = random_inputs({"x": (I,), "T": (I, I, I)}, seed=22)
+    check_diff("L = T_ijk x_i x_j x_k + x_i x_i x_i", ["x_p", "x_q", "x_r"], arrays,
+               lambda x, T: np.einsum("ijk,i,j,k->", T, x, x, x) + np.sum(x ** 3), out="")
+
+
+# ---------------------------------------------------------------------------
+# layouts
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["numerator", "denominator", "pqki", "kpiq", "iqkp"])
+def test_layouts_matmul(layout):
+    arrays = random_inputs({"A": (I, J), "B": (J, K)}, seed=23)
+    check_diff("C_ik = A_ij B_jk", "A_pq", arrays, lambda A, B: A @ B, out="ik", layout=layout)
+
+
+def test_layout_as_list():
+    arrays = random_inputs({"A": (I, J), "B": (J, K)}, seed=24)
+    d = ed.diff("C_ik = A_ij B_jk", wrt="B_pq", layout=["q", "i", "p", "k"])
+    assert tuple(d.indices) == ("q", "i", "p", "k")
+    ref = permute_layout(fd_jacobian(lambda A, B: A @ B, arrays, "B"), "ik", ["pq"], "qipk")
+    assert_close(evaluate(d, arrays, ref.shape), ref, what="layout list")
+
+
+def test_numerator_vs_denominator_are_transposes():
+    arrays = random_inputs({"W": (I, J), "x": (J,)}, seed=25)
+    src = "y_i = tanh(sum_j(W_ij x_j))"
+    num = evaluate(ed.diff(src, wrt="W_pq"), arrays, (I, I, J))
+    den = evaluate(ed.diff(src, wrt="W_pq", layout="denominator"), arrays, (I, J, I))
+    assert_close(den, np.transpose(num, (1, 2, 0)), rtol=1e-12, what="denominator = permuted")
+
+
+def test_bad_layout_is_an_error():
+    with pytest.raises(ed.EinderivError):
+        ed.diff("C_ik = A_ij B_jk", wrt="A_pq", layout="pqkz")
+
+
+# ---------------------------------------------------------------------------
+# depends=: unknown functions A(X), B(X)
+# ---------------------------------------------------------------------------
+
+XP, XQ = 2, 3
+MA = np.random.default_rng(30).uniform(-1, 1, size=(XQ, J))      # A(X) = sin(X) @ MA : (2, 4)
+NB = np.random.default_rng(31).uniform(-1, 1, size=(XP, K))      # used by B(X) : (J, K)
+
+
+def A_of_X(X):
+    return np.sin(X) @ MA                       # (XP, J)
+
+
+def B_of_X(X):
+    # (J, K): a different smooth function of every entry of X
+    return np.einsum("pq,pk,qj->jk", np.exp(0.5 * X), NB, MA)
+
+
+def test_depends_product_of_unknown_functions():
+    X = random_inputs({"X": (XP, XQ)}, seed=32)["X"]
+    arrays = {
+        "X": X,
+        "A": A_of_X(X),
+        "B": B_of_X(X),
+        "dAdX": fd_jacobian(lambda X: A_of_X(X), {"X": X}, "X"),
+        "dBdX": fd_jacobian(lambda X: B_of_X(X), {"X": X}, "X"),
+    }
+    assert arrays["dAdX"].shape == (XP, J, XP, XQ) and arrays["dBdX"].shape == (J, K, XP, XQ)
+    d = ed.diff("C_ik = A_ij B_jk", wrt="X_pq", depends={"A": "X", "B": "X"})
+    assert tuple(d.indices) == ("i", "k", "p", "q")
+    assert "dAdX" in d.inputs and "dBdX" in d.inputs, d.inputs
+    text = str(d)
+    assert "dAdX" in text and "dBdX" in text, text
+    ref = fd_jacobian(lambda X: A_of_X(X) @ B_of_X(X), {"X": X}, "X")
+    got = evaluate(d, arrays, ref.shape)
+    # dAdX and dBdX are themselves finite differences: errors add up (~1e-10 each)
+    assert_close(got, ref, rtol=1e-6, atol_rel=1e-8, what="depends")
+
+
+def test_depends_single_function_in_program():
+    X = random_inputs({"X": (XP, XQ)}, seed=33)["X"]
+    arrays = {"A": A_of_X(X), "dAdX": fd_jacobian(lambda X: A_of_X(X), {"X": X}, "X")}
+    d = ed.diff("S_ij = A_ik A_jk; L = log(S_ii)", wrt="X_pq", depends={"A": "X"})
+    assert tuple(d.indices) == ("p", "q")
+    ref = fd_jacobian(lambda X: np.log(np.trace(A_of_X(X) @ A_of_X(X).T)), {"X": X}, "X")
+    assert_close(evaluate(d, arrays, ref.shape), ref, what="depends in program")
+
+
+# ---------------------------------------------------------------------------
+# differential (forward mode) and vjp (reverse mode)
+# ---------------------------------------------------------------------------
+
+DIFFERENTIAL_CASES = [
+    ("matmul", "C_ik = A_ij B_jk", {"A": (I, J), "B": (J, K)}, (),
+     lambda A, B: A @ B),
+    ("quadratic", "L = x_i A_ij x_j", {"x": (I,), "A": (I, I)}, (),
+     lambda x, A: x @ A @ x),
+    ("mlp", MLP_SRC, {"W": (I, J), "x": (J,), "t": (I,)}, (), mlp_ref),
+    ("power-scalar", "y_i = x_i^a", {"x": (I,), "a": ()}, ("x", "a"),
+     lambda x, a: x ** a),
+    ("softmax", "p_i = exp(z_i) / sum_j(exp(z_j))", {"z": (I,)}, (),
+     lambda z: np.exp(z) / np.exp(z).sum()),
+]
+
+
+@pytest.mark.parametrize("case", DIFFERENTIAL_CASES, ids=[c[0] for c in DIFFERENTIAL_CASES])
+def test_differential(case):
+    _, src, shapes, positive, fref = case
+    arrays = random_inputs(shapes, seed=40, positive=positive)
+    tangents = random_inputs(shapes, seed=41)
+    prog = ed.differential(src)
+    all_arrays = dict(arrays)
+    all_arrays.update({"d" + k: v for k, v in tangents.items()})
+    for k in shapes:
+        assert "d" + k in prog.inputs, prog.inputs
+    out0 = np.asarray(fref(**arrays))
+    ref = np.zeros(out0.shape)
+    for k, t in tangents.items():
+        jac = fd_jacobian(fref, arrays, k)
+        ref = ref + np.tensordot(jac, t, axes=t.ndim)
+    got = evaluate(prog, all_arrays, ref.shape)
+    assert_close(got, ref, what=f"differential of {src!r}")
+
+
+VJP_CASES = [
+    ("matmul", "C_ik = A_ij B_jk", {"A": (I, J), "B": (J, K)}, (), lambda A, B: A @ B, "A"),
+    ("matmul-B", "C_ik = A_ij B_jk", {"A": (I, J), "B": (J, K)}, (), lambda A, B: A @ B, "B"),
+    ("mlp-W", MLP_SRC, {"W": (I, J), "x": (J,), "t": (I,)}, (), mlp_ref, "W"),
+    ("tanh-layer", "y_i = tanh(sum_j(W_ij x_j) + b_i)", {"W": (I, J), "x": (J,), "b": (I,)}, (),
+     lambda W, x, b: np.tanh(W @ x + b), "x"),
+    ("broadcast", "C_ij = A_ij + b_i", {"A": (I, J), "b": (I,)}, (),
+     lambda A, b: A + b[:, None], "b"),
+]
+
+
+@pytest.mark.parametrize("case", VJP_CASES, ids=[c[0] for c in VJP_CASES])
+def test_vjp_single(case):
+    _, src, shapes, positive, fref, wrt = case
+    arrays = random_inputs(shapes, seed=42, positive=positive)
+    out0 = np.asarray(fref(**arrays))
+    G = np.random.default_rng(43).normal(size=out0.shape)
+    prog = ed.vjp(src, wrt)
+    assert "G" in prog.inputs, prog.inputs
+    jac = fd_jacobian(fref, arrays, wrt)
+    ref = np.tensordot(G, jac, axes=G.ndim)
+    got = evaluate(prog, dict(arrays, G=G), ref.shape)
+    assert_close(got, ref, what=f"vjp of {src!r} wrt {wrt}")
+
+
+def test_vjp_custom_cotangent_name():
+    arrays = random_inputs({"A": (I, J), "B": (J, K)}, seed=44)
+    G = np.random.default_rng(45).normal(size=(I, K))
+    prog = ed.vjp("C_ik = A_ij B_jk", "B", cotangent="Gbar")
+    assert "Gbar" in prog.inputs
+    got = evaluate(prog, dict(arrays, Gbar=G), (J, K))
+    assert_close(got, arrays["A"].T @ G, rtol=1e-12, what="vjp cotangent name")
+
+
+MLP2_SRC = """
+h_i = tanh(sum_j(W1_ij x_j) + b1_i)
+o_k = W2_ki h_i + b2_k
+L = (o_k - t_k)^2
+"""
+
+
+def mlp2_ref(W1, b1, W2, b2, x, t):
+    h = np.tanh(W1 @ x + b1)
+    return np.sum((W2 @ h + b2 - t) ** 2)
+
+
+def test_vjp_list():
+    shapes = {"W1": (I, J), "b1": (I,), "W2": (K, I), "b2": (K,), "x": (J,), "t": (K,)}
+    arrays = random_inputs(shapes, seed=46)
+    G = np.array(0.7)
+    wrt = ["W1", "b1", "W2"]
+    prog = ed.vjp(MLP2_SRC, wrt)
+    out = evaluate(prog, dict(arrays, G=G))
+    assert isinstance(out, dict) and set(out) == set(wrt), out
+    for name in wrt:
+        ref = 0.7 * fd_jacobian(mlp2_ref, arrays, name)
+        assert_close(out[name], ref, what=f"vjp list, {name}")
+
+
+def test_vjp_list_vector_output():
+    shapes = {"W": (I, J), "x": (J,), "b": (I,)}
+    arrays = random_inputs(shapes, seed=47)
+    G = np.random.default_rng(48).normal(size=(I,))
+    fref = lambda W, x, b: np.tanh(W @ x + b)  # noqa: E731
+    prog = ed.vjp("y_i = tanh(sum_j(W_ij x_j) + b_i)", ["W", "x", "b"])
+    out = evaluate(prog, dict(arrays, G=G))
+    assert set(out) == {"W", "x", "b"}
+    for name in ("W", "x", "b"):
+        ref = np.tensordot(G, fd_jacobian(fref, arrays, name), axes=1)
+        assert_close(out[name], ref, what=f"vjp list vector output, {name}")
+
+
+# ---------------------------------------------------------------------------
+# to_source: standalone functions, executed in a fresh namespace
+# ---------------------------------------------------------------------------
+
+SOURCE_CASES = [
+    ("matmul-delta", "C_ik = A_ij B_jk", "A_pq", {"A": (I, J), "B": (J, K)}, (),
+     lambda A, B: A @ B),
+    ("mlp", MLP_SRC, "W_pq", {"W": (I, J), "x": (J,), "t": (I,)}, (), mlp_ref),
+    ("hessian", "L = log(sum_i(exp(x_i))) + x_i A_ij x_j", ["x_p", "x_q"],
+     {"x": (I,), "A": (I, I)}, (), lambda x, A: np.log(np.sum(np.exp(x))) + x @ A @ x),
+    ("power-div", "y_i = x_i^a / sum_j(x_j)", "x_p", {"x": (I,), "a": ()}, ("x",),
+     lambda x, a: x ** a / x.sum()),
+]
+
+
+def _compiled(src_text, name="derivative"):
+    for bad in ("import einderiv", "from einderiv"):
+        assert bad not in src_text, "generated source must be standalone (no einderiv import)"
+    ns = {}
+    exec(compile(src_text, "<einderiv-source>", "exec"), ns)
+    assert name in ns, f"no function {name!r} defined"
+    return ns[name]
+
+
+def _source_case(case):
+    _, src, wrt, shapes, positive, fref = case
+    arrays = random_inputs(shapes, seed=50, positive=positive)
+    d = ed.diff(src, wrt=wrt)
+    names = [split_wrt(w)[0] for w in ([wrt] if isinstance(wrt, str) else wrt)]
+    ref = fd_derivative(fref, arrays, names)
+    ev = evaluate(d, arrays, ref.shape)
+    assert_close(ev, ref, atol_rel=ATOL_REL[len(names)], what="evaluate")
+    return d, arrays, ev
+
+
+@pytest.mark.parametrize("case", SOURCE_CASES, ids=[c[0] for c in SOURCE_CASES])
+def test_to_source_numpy(case):
+    d, arrays, ev = _source_case(case)
+    fn = _compiled(d.to_source("numpy"))
+    got = np.asarray(fn(*[arrays[k] for k in d.inputs]))
+    assert_close(got, ev, rtol=1e-12, atol=1e-12, nonzero=True, what="to_source numpy")
+
+
+@pytest.mark.parametrize("case", SOURCE_CASES, ids=[c[0] for c in SOURCE_CASES])
+def test_to_source_torch(case):
+    torch = pytest.importorskip("torch")
+    d, arrays, ev = _source_case(case)
+    text = d.to_source("torch")
+    fn = _compiled(text)
+    got = fn(*[torch.from_numpy(arrays[k]) for k in d.inputs])
+    assert isinstance(got, torch.Tensor)
+    assert_close(got.detach().cpu().numpy(), ev, rtol=1e-12, atol=1e-12, what="to_source torch")
+
+
+@pytest.mark.parametrize("case", SOURCE_CASES, ids=[c[0] for c in SOURCE_CASES])
+def test_to_source_jax(case):
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    d, arrays, ev = _source_case(case)
+    fn = _compiled(d.to_source("jax"))
+    got = np.asarray(fn(*[jnp.asarray(arrays[k]) for k in d.inputs]))
+    assert_close(got, ev, rtol=1e-10, atol=1e-12, what="to_source jax")
+
+
+def test_to_source_custom_name_and_vjp_dict():
+    shapes = {"W1": (I, J), "b1": (I,), "W2": (K, I), "b2": (K,), "x": (J,), "t": (K,)}
+    arrays = dict(random_inputs(shapes, seed=51), G=np.array(1.0))
+    prog = ed.vjp(MLP2_SRC, ["W1", "W2"])
+    fn = _compiled(prog.to_source("numpy", name="backward"), name="backward")
+    got = fn(*[arrays[k] for k in prog.inputs])
+    assert isinstance(got, dict) and set(got) == {"W1", "W2"}
+    for name in ("W1", "W2"):
+        ref = fd_jacobian(mlp2_ref, {k: arrays[k] for k in shapes}, name)
+        assert_close(np.asarray(got[name]), ref, what=f"to_source vjp {name}")
+
+
+# ---------------------------------------------------------------------------
+# exact printed forms (SPEC 4, issue 2 item 5)
+# ---------------------------------------------------------------------------
+
+
+def _rhs(d):
+    text = str(d).strip()
+    assert " = " in text, text
+    lhs, rhs = text.split(" = ", 1)
+    return lhs, rhs
+
+
+def test_print_matmul():
+    d = ed.diff("C_ik = A_ij B_jk", wrt="A_pq")
+    lhs, rhs = _rhs(d)
+    assert lhs.startswith("d"), lhs
+    assert rhs == "δ_ip B_qk"
+
+
+def test_print_square():
+    d = ed.diff("L = x_i x_i", wrt="x_p")
+    lhs, rhs = _rhs(d)
+    assert lhs.startswith("d"), lhs
+    assert rhs == "2 x_p"
+
+
+def test_print_hessian_quadratic_form():
+    d = ed.diff("L = x_i A_ij x_j", wrt=["x_p", "x_q"])
+    lhs, rhs = _rhs(d)
+    assert lhs.startswith("d"), lhs
+    assert rhs == "A_pq + A_qp"
+
+
+def test_print_trace_product():
+    d = ed.diff("L = A_ij B_ji", wrt="A_pq")
+    lhs, rhs = _rhs(d)
+    assert lhs.startswith("d"), lhs
+    assert rhs == "B_qp"
+
+
+def test_printed_forms_evaluate_to_what_they_say():
+    """The four printed results also evaluate correctly (guards against a right print of a
+    wrong program or vice versa)."""
+    arrays = random_inputs({"A": (I, J), "B": (J, K)}, seed=60)
+    check_diff("C_ik = A_ij B_jk", "A_pq", arrays, lambda A, B: A @ B, out="ik")
+    arrays = random_inputs({"x": (I,)}, seed=61)
+    check_diff("L = x_i x_i", "x_p", arrays, lambda x: x @ x, out="")
+    arrays = random_inputs({"A": (I, J), "B": (J, I)}, seed=62)
+    check_diff("L = A_ij B_ji", "A_pq", arrays, lambda A, B: np.trace(A @ B), out="")
+
+
+def test_parse_shows_explicit_sum_placement():
+    """str(parse(...)) must make the summation visible: the trap reading of
+    y_i = tanh(W_ij x_j + b_i) is a sum outside tanh, so its text differs from the
+    explicit-sum version."""
+    a = str(ed.parse("y_i = tanh(W_ij x_j + b_i)"))
+    b = str(ed.parse("y_i = tanh(sum_j(W_ij x_j) + b_i)"))
+    assert a != b
+    assert "sum" in a or "Σ" in a or "∑" in a, a
+
+
+def test_index_letters_helper():
+    # sanity of the test helper itself
+    assert index_letters("C_ik = A_ij B_jk + sum_l(D_{il})") == {"i", "j", "k", "l"}
