@@ -1,0 +1,578 @@
+"""IR → a plan of einsums, compiled once per (program, shapes) and run as a thin call.
+
+Lowering turns every statement into steps: one einsum per term (opt_einsum
+``contract_expression``, its path chosen once), elementwise functions and powers of nested
+expressions as temporaries computed once (common subexpressions share them, intermediates of
+the program included), and a Kronecker delta that survives in a result as a write into a
+diagonal view of the output — never an identity matrix in a contraction.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import string
+from dataclasses import dataclass, field
+
+import numpy as np
+import opt_einsum as oe
+
+from .errors import EinderivError, IndexSizeError, InputError
+from .functions import FUNCTIONS, backend_function
+from .ir import Delta, Expr, Func, Power, Size, Tensor, Term, rename_expr, term_indices
+from .simplify import const_value
+
+__all__ = ["lower", "Plan", "compile_plan", "set_memory_limit", "memory_limit", "EinsumStep"]
+
+_LETTERS = string.ascii_letters
+
+
+# --- lowering: shape-independent ---------------------------------------------------------------
+
+@dataclass
+class EinsumTerm:
+    """coeff · Π sizes · einsum(operands) added into the output (through δ views)."""
+    coeff: float
+    sizes: tuple             # dimensions whose size multiplies the term
+    operands: list           # [(ref, indices)]
+    deltas: list             # [(a, b)] free deltas: write into the diagonal a == b
+
+
+@dataclass
+class ExprStep:
+    """target = Σ terms, axes in ``order`` (dimensions ``dims``)."""
+    target: str
+    order: tuple
+    dims: tuple
+    terms: list
+
+
+@dataclass
+class FuncStep:
+    target: str
+    func: str
+    source: str
+
+
+@dataclass
+class PowerStep:
+    target: str
+    source: str
+    exponent: object          # a float, or the name of a 0-d temporary
+
+
+@dataclass
+class Plan:
+    steps: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)      # result name -> (ref, axes order)
+    inputs: tuple = ()
+    input_dims: dict = field(default_factory=dict)   # name -> tuple of dimensions
+
+
+def _canonical(node_indices, node):
+    """A key for a node up to the names of its free indices, and their canonical order."""
+    order = tuple(sorted(node_indices))
+    mapping = {i: f"#{k}" for k, i in enumerate(order)}
+    from .simplify import expr as canon
+    if isinstance(node, Func):
+        arg = rename_expr(node.arg, mapping)
+        key = Func(node.name, canon(arg.dim_map, arg.terms))
+    elif isinstance(node, Power):
+        base = rename_expr(node.base, mapping)
+        key = Power(canon(base.dim_map, base.terms), node.exponent)
+    else:
+        key = rename_expr(node, mapping)
+    return key, order
+
+
+class _Lowering:
+    def __init__(self):
+        self.plan = Plan()
+        self.cache = {}       # canonical node -> temp name (axes: canonical order)
+        self.count = 0
+
+    def temp(self):
+        self.count += 1
+        return f"%t{self.count}"
+
+    def register(self, name, indices, expr: Expr):
+        """Let later occurrences of the same function/power reuse a statement's value."""
+        if len(expr.terms) == 1 and expr.terms[0].coeff == 1 and len(expr.terms[0].factors) == 1:
+            f = expr.terms[0].factors[0]
+            if isinstance(f, (Func, Power)) and set(term_indices(expr.terms[0])) == set(indices):
+                key, order = _canonical(indices, f)
+                # the statement's axes are `indices`; record how canonical axes map onto them
+                self.cache.setdefault(key, (name, tuple(indices), order))
+
+    def operand(self, factor):
+        """(ref, index names per axis) for a Func or Power factor, computed once."""
+        key, order = _canonical(factor_indices_of(factor), factor)
+        hit = self.cache.get(key)
+        if hit is not None:
+            ref, axes, canon_order = hit
+            rename = dict(zip(canon_order, order))
+            return ref, tuple(rename[a] for a in axes)
+        if isinstance(factor, Func):
+            src, src_axes = self.expr_value(factor.arg)
+            target = self.temp()
+            self.plan.steps.append(FuncStep(target, factor.name, src))
+            result = (target, src_axes)
+        else:
+            src, src_axes = self.expr_value(factor.base)
+            n = const_value(factor.exponent)
+            if n is None:
+                exp_ref, _ = self.expr_value(factor.exponent)
+                exponent = exp_ref
+            else:
+                exponent = float(n)
+            target = self.temp()
+            self.plan.steps.append(PowerStep(target, src, exponent))
+            result = (target, src_axes)
+        # cache in canonical terms: axes of the temp as names of `order`
+        pos = {i: k for k, i in enumerate(order)}
+        self.cache[key] = (result[0], tuple(f"#{pos[a]}" for a in result[1]),
+                           tuple(f"#{k}" for k in range(len(order))))
+        return result
+
+    def expr_value(self, e: Expr, order=None, target=None):
+        """A reference holding ``e``; returns (ref, axes). A lone factor is reused as is."""
+        if order is None and len(e.terms) == 1 and e.terms[0].coeff == 1:
+            t = e.terms[0]
+            if len(t.factors) == 1 and set(term_indices(t)) == set(e.indices):
+                f = t.factors[0]
+                if isinstance(f, (Func, Power)):
+                    return self.operand(f)
+                if isinstance(f, Tensor) and len(set(f.indices)) == len(f.indices):
+                    return f.name, f.indices
+        order = tuple(e.indices) if order is None else tuple(order)
+        dims = e.dim_map
+        terms = []
+        for t in e.terms:
+            operands, deltas, sizes = [], [], []
+            for f in t.factors:
+                if isinstance(f, Tensor):
+                    operands.append((f.name, f.indices))
+                elif isinstance(f, Delta):
+                    deltas.append((f.a, f.b))
+                elif isinstance(f, Size):
+                    sizes.append(f.dim)
+                else:
+                    operands.append(self.operand(f))
+            terms.append(EinsumTerm(float(t.coeff), tuple(sizes), operands, deltas))
+        target = target or self.temp()
+        self.plan.steps.append(ExprStep(target, order, tuple(dims[i] for i in order), terms))
+        return target, order
+
+
+def factor_indices_of(f):
+    from .ir import factor_indices
+    return factor_indices(f)
+
+
+def lower(statements, outputs, inputs: dict) -> Plan:
+    """The shape-independent plan of a program: statements in order, outputs by name."""
+    lw = _Lowering()
+    lw.plan.inputs = tuple(inputs)
+    lw.plan.input_dims = dict(inputs)
+    for st in statements:
+        lw.expr_value(st.expr, order=st.indices, target=st.name)
+        lw.register(st.name, st.indices, st.expr)
+        if st.name in outputs:
+            lw.plan.outputs[st.name] = (st.name, st.indices)
+    return lw.plan
+
+
+# --- memory guard -----------------------------------------------------------------------------
+
+_MEMORY_LIMIT = None
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def set_memory_limit(max_bytes):
+    """Refuse evaluations whose arrays would need more than ``max_bytes`` (None: automatic,
+    half of the memory available when the plan is compiled)."""
+    global _MEMORY_LIMIT
+    if max_bytes is not None and (not isinstance(max_bytes, (int, float)) or max_bytes <= 0):
+        raise EinderivError(f"a memory limit must be a positive number of bytes, got {max_bytes!r}")
+    _MEMORY_LIMIT = max_bytes
+
+
+def memory_limit() -> int:
+    return int(_MEMORY_LIMIT) if _MEMORY_LIMIT is not None else _available_memory() // 2
+
+
+def _human(n) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+# --- compiling for shapes ------------------------------------------------------------------------
+
+def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict) -> dict:
+    """The size of every dimension, checking that all tensors along it agree."""
+    dim_size: dict = {}
+    seen: dict = {}
+    for name, dims in input_dims.items():
+        shape = arrays[name]
+        for axis, d in enumerate(dims):
+            n = shape[axis]
+            if d in dim_size and dim_size[d] != n:
+                other_name, other_axis, other_n = seen[d]
+                index = _index_name(members, d, name, axis)
+                other_index = _index_name(members, d, other_name, other_axis)
+                raise IndexSizeError(
+                    f"index '{index}' has size {n} in {name} (axis {axis}) but index "
+                    f"'{other_index}' of the same dimension has size {other_n} in "
+                    f"{other_name} (axis {other_axis})")
+            dim_size.setdefault(d, n)
+            seen.setdefault(d, (name, axis, n))
+    for d, group in members.items():
+        for tensor, axis, index, _ in group:
+            if tensor == "sizes" and index in sizes:
+                n = sizes[index]
+                if d in dim_size and dim_size[d] != n:
+                    name, ax, m = seen[d]
+                    raise IndexSizeError(
+                        f"sizes gives index '{index}' size {n}, but {name} has size {m} "
+                        f"along it (axis {ax})")
+                dim_size.setdefault(d, n)
+                seen.setdefault(d, ("sizes", None, n))
+    return dim_size
+
+
+def _index_name(members, d, tensor, axis):
+    for t, a, index, _ in members.get(d, ()):
+        if t == tensor and a == axis:
+            return index
+    return "?"
+
+
+class Compiled:
+    """A plan bound to sizes: a list of closures run in order over an environment dict."""
+
+    def __init__(self, runners, outputs, result_dtype):
+        self.runners = runners
+        self.outputs = outputs
+        self.dtype = result_dtype
+
+    def __call__(self, env):
+        for run in self.runners:
+            run(env)
+        return env
+
+
+def _diag_view(out, order, deltas, xp):
+    """A strided view of ``out`` where δ-linked axes run together; returns (view, axes)."""
+    parent = {i: i for i in order}
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a, b in deltas:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+    groups = {}
+    for axis, i in enumerate(order):
+        groups.setdefault(find(i), []).append(axis)
+    axes = [r for r in dict.fromkeys(find(i) for i in order)]
+    shape = [out.shape[groups[r][0]] for r in axes]
+    strides = [sum(out.stride(k) if xp == "torch" else out.strides[k] for k in groups[r]) for r in axes]
+    if xp == "torch":
+        return out.as_strided(shape, strides, out.storage_offset()), tuple(axes)
+    view = np.lib.stride_tricks.as_strided(out, shape, strides, writeable=True)
+    return view, tuple(axes)
+
+
+def compile_plan(plan: Plan, dim_size: dict, dtype, backend: str, max_bytes: int):
+    """Bind a plan to sizes and a backend: paths chosen, memory checked, closures built."""
+    runners = []
+    axes_of = {name: None for name in plan.inputs}
+    shapes = {}
+    for name, dims in plan.input_dims.items():
+        shapes[name] = tuple(dim_size[d] for d in dims)
+    itemsize = np.dtype(dtype).itemsize
+    total = 0
+    numpy_like = backend == "numpy"
+
+    def check_bytes(label, shape):
+        nonlocal total
+        n = math.prod(shape) * itemsize
+        total += n
+        if n > max_bytes or total > max_bytes:
+            raise EinderivError(
+                f"evaluating would need {_human(max(n, total))} ({label} has shape "
+                f"{tuple(shape)}, {_human(n)}), above the memory limit of {_human(max_bytes)}; "
+                "raise it with set_memory_limit() or max_bytes=, or use smaller inputs")
+
+    for step in plan.steps:
+        if isinstance(step, ExprStep):
+            out_shape = tuple(dim_size[d] for d in step.dims)
+            check_bytes(f"the result '{step.target}'" if not step.target.startswith("%")
+                        else "an intermediate", out_shape)
+            runners.append(_compile_expr(step, shapes, dim_size, dtype, backend, check_bytes))
+            shapes[step.target] = out_shape
+        elif isinstance(step, FuncStep):
+            fn = backend_function(step.func, backend)
+            shapes[step.target] = shapes[step.source]
+            check_bytes("an intermediate", shapes[step.target])
+            runners.append(_func_runner(step.target, fn, step.source))
+        elif isinstance(step, PowerStep):
+            shapes[step.target] = shapes[step.source]
+            check_bytes("an intermediate", shapes[step.target])
+            runners.append(_power_runner(step.target, step.source, step.exponent, backend))
+    del axes_of, numpy_like
+    return Compiled(runners, plan.outputs, dtype)
+
+
+def _func_runner(target, fn, source):
+    def run(env):
+        env[target] = fn(env[source])
+    return run
+
+
+def _power_runner(target, source, exponent, backend):
+    if isinstance(exponent, str):
+        def run(env):
+            env[target] = env[source] ** env[exponent]
+        return run
+    if exponent == 1.0:
+        def run(env):
+            env[target] = env[source]
+        return run
+    if exponent == 2.0:
+        def run(env):
+            x = env[source]
+            env[target] = x * x
+        return run
+    if exponent == -1.0 and backend == "numpy":
+        def run(env):
+            env[target] = np.reciprocal(env[source])
+        return run
+    if exponent == 0.5 and backend == "numpy":
+        def run(env):
+            env[target] = np.sqrt(env[source])
+        return run
+
+    def run(env):
+        env[target] = env[source] ** exponent
+    return run
+
+
+def _subscripts(operands, out_indices):
+    letters = {}
+    for _, idx in operands:
+        for i in idx:
+            if i not in letters:
+                if len(letters) >= len(_LETTERS):
+                    raise EinderivError("a term has more than 52 distinct indices")
+                letters[i] = _LETTERS[len(letters)]
+    for i in out_indices:
+        if i not in letters:
+            letters[i] = _LETTERS[len(letters)]
+    ins = ",".join("".join(letters[i] for i in idx) for _, idx in operands)
+    return f"{ins}->{''.join(letters[i] for i in out_indices)}"
+
+
+def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes):
+    order = step.order
+    out_shape = tuple(dim_size[d] for d in step.dims)
+    target = step.target
+    plans = []
+    for term in step.terms:
+        coeff = term.coeff
+        for d in term.sizes:
+            coeff *= dim_size[d]
+        present = set()
+        for _, idx in term.operands:
+            present.update(idx)
+        # view axes: δ-linked free indices run together
+        if term.deltas:
+            parent = {i: i for i in order}
+
+            def find(i):
+                while parent[i] != i:
+                    i = parent[i]
+                return i
+
+            for a, b in term.deltas:
+                parent[find(b)] = find(a)
+            rep = {i: find(i) for i in order}
+            view_axes = tuple(dict.fromkeys(rep[i] for i in order))
+            # an operand index linked to a representative is renamed to it
+            operands = [(ref, tuple(rep.get(i, i) for i in idx)) for ref, idx in term.operands]
+        else:
+            view_axes = order
+            operands = term.operands
+        present = set()
+        for _, idx in operands:
+            present.update(idx)
+        kept = tuple(i for i in view_axes if i in present)
+        expand = tuple(slice(None) if i in present else None for i in view_axes)
+        if operands:
+            subs = _subscripts(operands, kept)
+            op_shapes = [shapes[ref] for ref, _ in operands]
+            fn = _contraction(subs, op_shapes, operands, kept, backend, check_bytes)
+        else:
+            fn = None
+        refs = tuple(ref for ref, _ in operands)
+        plans.append((coeff, refs, fn, term.deltas, expand, len(kept) == len(view_axes)))
+
+    # fast path: one term, no δ, nothing broadcast: the einsum result is the value
+    if len(plans) == 1 and not plans[0][3] and plans[0][5] and plans[0][2] is not None:
+        coeff, refs, fn, _, _, _ = plans[0]
+        if coeff == 1.0:
+            def run(env):
+                env[target] = fn(*[env[r] for r in refs])
+        else:
+            def run(env):
+                env[target] = coeff * fn(*[env[r] for r in refs])
+        return run
+
+    xp = "torch" if backend == "torch" else ("numpy" if backend == "numpy" else "functional")
+
+    def run(env):
+        ops_cache = None
+        out = None
+        for coeff, refs, fn, deltas, expand, full in plans:
+            value = fn(*[env[r] for r in refs]) if fn is not None else None
+            if xp != "functional":
+                if out is None and not deltas and full and value is not None:
+                    out = _fresh_copy(value, coeff, xp, dtype)
+                    continue
+                if out is None:
+                    out = _zeros(out_shape, dtype, xp, env, refs)
+                view = _diag_view(out, order, deltas, xp)[0] if deltas else out
+                if value is None:
+                    view += coeff
+                elif coeff == 1.0:
+                    view += value[expand] if not full else value
+                else:
+                    view += coeff * (value[expand] if not full else value)
+            else:
+                out = _functional_add(out, value, coeff, deltas, expand, order, out_shape, env, refs, backend, dtype)
+        if out is None:
+            out = _zeros(out_shape, dtype, xp, env, ()) if xp != "functional" else _functional_zeros(out_shape, backend, dtype, env)
+        del ops_cache
+        env[target] = out
+
+    return run
+
+
+def _fresh_copy(value, coeff, xp, dtype):
+    if xp == "torch":
+        out = value.clone() if coeff == 1.0 else value * coeff
+        return out.contiguous()
+    if coeff == 1.0:
+        return np.array(value, dtype=np.result_type(value.dtype, dtype), copy=True)
+    return np.multiply(value, coeff, dtype=np.result_type(value.dtype, dtype))
+
+
+def _zeros(shape, dtype, xp, env, refs):
+    if xp == "torch":
+        import torch
+        like = None
+        for v in env.values():
+            if isinstance(v, torch.Tensor):
+                like = v
+                break
+        device = like.device if like is not None else None
+        tdtype = like.dtype if like is not None else torch.float64
+        return torch.zeros(shape, dtype=tdtype, device=device)
+    return np.zeros(shape, dtype=dtype)
+
+
+def _functional_zeros(shape, backend, dtype, env):
+    if backend == "jax":
+        import jax.numpy as jnp
+        return jnp.zeros(shape, dtype=dtype)
+    if backend == "dask":
+        import dask.array as da
+        return da.zeros(shape, dtype=dtype)
+    return np.zeros(shape, dtype=dtype)
+
+
+def _functional_add(out, value, coeff, deltas, expand, order, out_shape, env, refs, backend, dtype):
+    """Immutable backends (jax, dask): the δ axes are expanded by multiplying with an
+    identity of the same backend — documented as the one place an identity is formed."""
+    if backend == "jax":
+        import jax.numpy as xp
+    elif backend == "dask":
+        import dask.array as xp
+    else:
+        xp = np
+    if value is None:
+        value = xp.ones(())
+    if coeff != 1.0:
+        value = value * coeff
+    if deltas:
+        # value has the view axes (δ classes); expand each class back to its axes
+        parent = {i: i for i in order}
+
+        def find(i):
+            while parent[i] != i:
+                i = parent[i]
+            return i
+
+        for a, b in deltas:
+            parent[find(b)] = find(a)
+        view_axes = list(dict.fromkeys(find(i) for i in order))
+        value = value[expand] if expand else value
+        value = xp.broadcast_to(value, tuple(out_shape[order.index(r)] for r in view_axes))
+        letters = {r: _LETTERS[k] for k, r in enumerate(view_axes)}
+        extra = {}
+        operands_sub = ["".join(letters[r] for r in view_axes)]
+        ops = [value]
+        for i in order:
+            r = find(i)
+            if r != i:
+                extra[i] = _LETTERS[len(view_axes) + len(extra)]
+                n = out_shape[order.index(i)]
+                ops.append(xp.eye(n, dtype=dtype))
+                operands_sub.append(letters[r] + extra[i])
+        out_sub = "".join(extra.get(i, letters.get(i, "")) if find(i) != i else letters[i] for i in order)
+        full = oe.contract(",".join(operands_sub) + "->" + out_sub, *ops, backend=backend)
+    else:
+        full = xp.broadcast_to(value[expand], out_shape) if expand else value
+    return full if out is None else out + full
+
+
+def _contraction(subs, op_shapes, operands, kept, backend, check_bytes):
+    """The callable computing one einsum: a transpose, or an opt_einsum expression."""
+    ins, out = subs.split("->")
+    parts = ins.split(",")
+    if len(parts) == 1 and len(set(parts[0])) == len(parts[0]) and sorted(parts[0]) == sorted(out):
+        perm = tuple(parts[0].index(c) for c in out)
+        if perm == tuple(range(len(perm))):
+            return lambda a: a
+        if backend == "torch":
+            return lambda a: a.permute(*perm)
+        if backend == "jax":
+            import jax.numpy as jnp
+            return lambda a: jnp.transpose(a, perm)
+        return lambda a: a.transpose(perm)
+    path, info = oe.contract_path(subs, *op_shapes, shapes=True, optimize="auto")
+    if info.largest_intermediate:
+        check_bytes("an einsum intermediate", (info.largest_intermediate,))
+    expr = oe.contract_expression(subs, *op_shapes, optimize=path)
+    if backend == "numpy":
+        return expr
+    return lambda *arrays: expr(*arrays, backend=backend)

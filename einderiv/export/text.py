@@ -1,0 +1,158 @@
+"""IR → readable text in the language itself, with every summation written out.
+
+``sum_j(A_ij B_jk)`` shows where each sum stands; summed indices get the first free letters
+of ``i j k l m n a b c ...``; a negative power is written as a division.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ..ir import Delta, Expr, Func, Power, Size, Tensor, Term, rename_term, term_indices
+from ..simplify import const_value
+
+__all__ = ["format_expr", "format_number", "format_indices", "dummy_letters", "split_term"]
+
+POOL = "ijklmnabcdefghorstuvwxyz" + "αβγεζηθκλμνξπρστυφχψω"
+
+
+def format_number(c) -> str:
+    if isinstance(c, Fraction):
+        if c.denominator == 1:
+            return str(c.numerator)
+        d = c.denominator
+        while d % 2 == 0:
+            d //= 2
+        while d % 5 == 0:
+            d //= 5
+        if d == 1:
+            return format(float(c), ".15g")
+        return f"{c.numerator}/{c.denominator}"
+    return repr(float(c))
+
+
+def format_indices(indices) -> str:
+    if not indices:
+        return ""
+    if all(len(i) == 1 for i in indices):
+        return "_" + "".join(indices)
+    return "_{" + ",".join(indices) + "}"
+
+
+def dummy_letters(count: int, taken: set) -> list[str]:
+    out = []
+    for letter in POOL:
+        if len(out) == count:
+            return out
+        if letter not in taken:
+            out.append(letter)
+    n = 0
+    while len(out) < count:
+        name = f"s{n}"
+        n += 1
+        if name not in taken:
+            out.append(name)
+    return out
+
+
+def split_term(term: Term, free, taken: set):
+    """Rename a term's summed indices to letters; return (term, summed letters)."""
+    dummies = [i for i in term_indices(term) if i not in free]
+    if not dummies:
+        return term, []
+    letters = dummy_letters(len(dummies), set(taken) | set(free))
+    return rename_term(term, dict(zip(dummies, letters))), letters
+
+
+def _exponent_of(factor):
+    if isinstance(factor, Power):
+        n = const_value(factor.exponent)
+        if n is not None and n < 0:
+            return n
+    return None
+
+
+def _atomic_base(base: Expr) -> bool:
+    if len(base.terms) != 1:
+        return False
+    t = base.terms[0]
+    if t.coeff != 1 or len(t.factors) != 1:
+        return not t.factors and t.coeff >= 0 and not isinstance(t.coeff, float)
+    if set(term_indices(t)) - set(base.indices):
+        return True  # printed as sum_j(...)
+    return isinstance(t.factors[0], (Tensor, Func, Delta, Size))
+
+
+def _format_power(base: Expr, n, taken) -> str:
+    body = format_expr(base, taken)
+    if not _atomic_base(base):
+        body = f"({body})"
+    if n == 1:
+        return body
+    text = format_number(n)
+    if not (isinstance(n, Fraction) and n >= 0 and (n.denominator == 1 or "/" not in text)):
+        text = f"({text})"
+    return f"{body}^{text}"
+
+
+def format_factor(f, taken: set) -> str:
+    if isinstance(f, Tensor):
+        return f.name + format_indices(f.indices)
+    if isinstance(f, Delta):
+        return "δ" + format_indices((f.a, f.b))
+    if isinstance(f, Size):
+        return f"n({f.dim.lstrip('=')})"
+    if isinstance(f, Func):
+        return f"{f.name}({format_expr(f.arg, taken)})"
+    if isinstance(f, Power):
+        n = const_value(f.exponent)
+        if n is not None:
+            return _format_power(f.base, n, taken)
+        body = format_expr(f.base, taken)
+        if not _atomic_base(f.base):
+            body = f"({body})"
+        return f"{body}^({format_expr(f.exponent, taken)})"
+    raise TypeError(f)
+
+
+def format_term(term: Term, free, taken: set) -> tuple[str, bool]:
+    """A term as text (without its sign) and whether it is negative."""
+    term, letters = split_term(term, free, taken)
+    inner_taken = set(taken) | set(free) | set(letters)
+    numer, denom = [], []
+    for f in term.factors:
+        n = _exponent_of(f)
+        if n is None:
+            numer.append(format_factor(f, inner_taken))
+        else:
+            denom.append(_format_power(f.base, -n, inner_taken))
+    c = term.coeff
+    negative = c < 0
+    c = -c if negative else c
+    parts = []
+    if c != 1 or not numer:
+        parts.append(format_number(c))
+    body = " ".join(parts + numer)
+    for d in denom:
+        body += f" / {d}"
+    if letters:
+        lead = ""
+        if c != 1 and numer:
+            lead = format_number(c) + " "
+            body = " ".join(numer) + "".join(f" / {d}" for d in denom)
+        body = f"{lead}sum{format_indices(letters)}({body})"
+    return body, negative
+
+
+def format_expr(e: Expr, taken: set = frozenset()) -> str:
+    """An expression as text, summations explicit."""
+    if not e.terms:
+        return "0"
+    out = []
+    for n, t in enumerate(e.terms):
+        text, negative = format_term(t, e.indices, taken)
+        if n == 0:
+            out.append(f"-{text}" if negative else text)
+        else:
+            out.append(f" - {text}" if negative else f" + {text}")
+    return "".join(out)

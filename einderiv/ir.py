@@ -1,0 +1,228 @@
+"""The immutable intermediate representation: tensors, deltas, functions and powers in
+sum-of-products form, with named indices.
+
+An ``Expr`` is a sum of ``Term``s over a set of index names (its ``indices``, kept sorted,
+with the dimension of each in ``dims``). Every index of a term that is not an index of its
+``Expr`` is summed within that term (einsum semantics); a term that lacks an index of its
+``Expr`` is broadcast along it. A ``Term`` is a coefficient times a tuple of factors.
+Nodes are only ever built through the constructors of :mod:`einderiv.simplify`, so every
+node that exists is already canonical.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Union
+
+__all__ = [
+    "Tensor", "Delta", "Size", "Func", "Power", "Term", "Expr", "Factor", "Number",
+    "factor_indices", "factor_dims", "term_dims", "term_indices", "rename_factor", "fresh_index", "rename_term", "rename_expr",
+    "expr_all_indices", "tensor_names", "is_private",
+]
+
+Number = Union[Fraction, float]
+DimRef = str  # "A.0": axis 0 of input A; "=j": the size given for index j by sizes=
+
+_fresh_counter = itertools.count()
+
+
+def fresh_index() -> str:
+    """A new private index name, never typed by a user (user indices are letters)."""
+    return f"_{next(_fresh_counter)}"
+
+
+def is_private(index: str) -> bool:
+    return index.startswith("_")
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """An input or intermediate tensor ``A_ij``; repeated indices read its diagonal."""
+    name: str
+    indices: tuple[str, ...]
+    dims: tuple = field(compare=False, default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """The Kronecker delta ``δ_ab`` (``a < b``); ``dim`` is the dimension both run over."""
+    a: str
+    b: str
+    dim: DimRef = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    """The size of a dimension, left by ``Σ_i δ_ii`` or by summing a broadcast term."""
+    dim: DimRef
+    label: str = field(compare=False, default="n")
+
+
+@dataclass(frozen=True, slots=True)
+class Func:
+    """An elementwise function of an expression: its indices are the argument's."""
+    name: str
+    arg: "Expr"
+
+
+@dataclass(frozen=True, slots=True)
+class Power:
+    """``base ^ exponent`` elementwise; the exponent is an expression without indices."""
+    base: "Expr"
+    exponent: "Expr"
+
+
+Factor = Union[Tensor, Delta, Size, Func, Power]
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """``coeff · f1 · f2 ···``, summed over its indices that its Expr does not carry."""
+    coeff: Number
+    factors: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Expr:
+    """A sum of terms over the index set ``indices`` (sorted), with dimensions ``dims``."""
+    indices: tuple[str, ...]
+    dims: tuple[DimRef, ...]
+    terms: tuple[Term, ...]
+
+    def dim_of(self, index: str) -> DimRef:
+        return self.dims[self.indices.index(index)]
+
+    @property
+    def dim_map(self) -> dict:
+        return dict(zip(self.indices, self.dims))
+
+
+def factor_indices(factor) -> tuple[str, ...]:
+    """The distinct indices a factor carries, in order of appearance."""
+    if isinstance(factor, Tensor):
+        return tuple(dict.fromkeys(factor.indices))
+    if isinstance(factor, Delta):
+        return (factor.a,) if factor.a == factor.b else (factor.a, factor.b)
+    if isinstance(factor, Size):
+        return ()
+    if isinstance(factor, Func):
+        return factor.arg.indices
+    if isinstance(factor, Power):
+        return factor.base.indices
+    raise TypeError(f"not a factor: {factor!r}")
+
+
+def factor_dims(factor) -> dict:
+    """The dimension of every index a factor carries."""
+    if isinstance(factor, Tensor):
+        return dict(zip(factor.indices, factor.dims))
+    if isinstance(factor, Delta):
+        return {factor.a: factor.dim, factor.b: factor.dim}
+    if isinstance(factor, Size):
+        return {}
+    if isinstance(factor, Func):
+        return factor.arg.dim_map
+    if isinstance(factor, Power):
+        return factor.base.dim_map
+    raise TypeError(f"not a factor: {factor!r}")
+
+
+def term_dims(factors) -> dict:
+    dims = {}
+    for factor in factors:
+        dims.update(factor_dims(factor))
+    return dims
+
+
+def term_indices(term: Term) -> tuple[str, ...]:
+    """Every index of a term, in order of first appearance."""
+    seen = {}
+    for factor in term.factors:
+        for index in factor_indices(factor):
+            seen.setdefault(index, None)
+    return tuple(seen)
+
+
+def expr_all_indices(expr: Expr) -> set:
+    """Every index name used anywhere in an expression, nested ones included."""
+    names = set(expr.indices)
+    for term in expr.terms:
+        for factor in term.factors:
+            names.update(factor_indices(factor))
+            if isinstance(factor, Func):
+                names |= expr_all_indices(factor.arg)
+            elif isinstance(factor, Power):
+                names |= expr_all_indices(factor.base)
+    return names
+
+
+def tensor_names(expr: Expr) -> list[str]:
+    """Names of the tensors an expression reads, in order of first appearance."""
+    found = {}
+
+    def visit(e: Expr):
+        for term in e.terms:
+            for factor in term.factors:
+                if isinstance(factor, Tensor):
+                    found.setdefault(factor.name, None)
+                elif isinstance(factor, Func):
+                    visit(factor.arg)
+                elif isinstance(factor, Power):
+                    visit(factor.base)
+                    visit(factor.exponent)
+
+    visit(expr)
+    return list(found)
+
+
+# --- renaming -------------------------------------------------------------------------------
+
+def rename_factor(factor, mapping: dict):
+    if isinstance(factor, Tensor):
+        return Tensor(factor.name, tuple(mapping.get(i, i) for i in factor.indices), factor.dims)
+    if isinstance(factor, Delta):
+        a, b = mapping.get(factor.a, factor.a), mapping.get(factor.b, factor.b)
+        if b < a:
+            a, b = b, a
+        return Delta(a, b, factor.dim)
+    if isinstance(factor, Size):
+        return factor
+    if isinstance(factor, Func):
+        return Func(factor.name, rename_expr(factor.arg, mapping))
+    if isinstance(factor, Power):
+        return Power(rename_expr(factor.base, mapping), factor.exponent)
+    raise TypeError(f"not a factor: {factor!r}")
+
+
+def rename_term(term: Term, mapping: dict) -> Term:
+    """Rename indices of a term (free and summed alike); the caller avoids capture."""
+    if not mapping:
+        return term
+    return Term(term.coeff, tuple(rename_factor(f, mapping) for f in term.factors))
+
+
+def rename_expr(expr: Expr, mapping: dict) -> Expr:
+    """Rename the free indices of ``expr`` by ``mapping`` without capturing summed ones.
+
+    Several free indices may map to one name (a diagonal): the result is the expression
+    restricted to that diagonal. The result is not re-canonicalized; callers that merge
+    indices pass it through :func:`einderiv.simplify.expr` again.
+    """
+    mapping = {k: v for k, v in mapping.items() if k in expr.indices and k != v}
+    if not mapping:
+        return expr
+    targets = set(mapping.values())
+    new_terms = []
+    for term in expr.terms:
+        local = dict(mapping)
+        for index in term_indices(term):
+            if index not in expr.indices and index in targets:
+                local[index] = fresh_index()  # a summed index would be captured: move it
+        new_terms.append(rename_term(term, local))
+    new_dims = {}
+    for index, dim in zip(expr.indices, expr.dims):
+        new_dims.setdefault(mapping.get(index, index), dim)
+    order = tuple(sorted(new_dims))
+    return Expr(order, tuple(new_dims[i] for i in order), tuple(new_terms))

@@ -1,0 +1,269 @@
+"""Text → syntax tree, with Lark's LALR parser; Lark's errors become ours, with a caret.
+
+The tree is built while parsing (Lark's inline transformer), so deep nesting never recurses
+in Python; sums and products are kept flat, and nesting deeper than ``MAX_DEPTH`` is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from lark import Lark, Token, Transformer
+from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from .errors import EinderivError, EinderivSyntaxError
+from .functions import USER_FUNCTIONS
+
+__all__ = ["parse_text", "Node", "Stmt", "split_tensor", "MAX_DEPTH"]
+
+MAX_DEPTH = 200
+MAX_NAME = 64
+DELTA_NAMES = ("delta", "δ")
+RESERVED = set(USER_FUNCTIONS) | {"sum", *DELTA_NAMES}
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A syntax-tree node: kind in {num, tensor, delta, call, sum, add, mul, neg, pow}."""
+    kind: str
+    value: object          # number, (name, indices), function name, summed indices ...
+    children: tuple        # child nodes; for add/mul: tuple of (op, node)
+    line: int
+    column: int
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    name: str
+    indices: tuple[str, ...]
+    rhs: Node
+    line: int
+    column: int
+
+
+def _grammar_text() -> str:
+    try:
+        from importlib.resources import files
+        return files("einderiv.grammar").joinpath("einderiv.lark").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, TypeError):
+        here = Path(__file__).resolve().parent.parent / "grammar" / "einderiv.lark"
+        return here.read_text(encoding="utf-8")
+
+
+_IDENT = re.compile(r"[^\W\d_][^\W_]*\Z")
+_LETTERS = re.compile(r"[^\W\d_]+\Z")
+
+
+class _Fail(Exception):
+    """A semantic error found while building the tree; carries the token for the caret."""
+
+    def __init__(self, message, token):
+        super().__init__(message)
+        self.message = message
+        self.token = token
+
+
+def split_tensor(text: str, token=None) -> tuple[str, tuple[str, ...]]:
+    """``"A_ij"`` → ``("A", ("i", "j"))``; ``"W_{out,in}"`` → ``("W", ("out", "in"))``."""
+    name, _, spec = text.partition("_")
+    if len(name) > MAX_NAME:
+        raise _Fail(f"name '{name[:20]}...' is longer than {MAX_NAME} characters", token)
+    if not _IDENT.match(name):
+        raise _Fail(f"'{name}' is not a valid name", token)
+    if not _:
+        return name, ()
+    if spec.startswith("{"):
+        inner = spec[1:-1].strip()
+        if not inner:
+            raise _Fail(f"empty index list in '{text}'", token)
+        if "," in inner:
+            parts = tuple(p.strip() for p in inner.split(","))
+            for p in parts:
+                if not _IDENT.match(p) or len(p) > MAX_NAME:
+                    raise _Fail(f"'{p}' is not a valid index name in '{text}'", token)
+            return name, parts
+        if not _LETTERS.match(inner):
+            raise _Fail(f"indices must be letters: '{text}'", token)
+        return name, tuple(inner)
+    return name, tuple(spec)
+
+
+def _depth(*children):
+    d = 0
+    for c in children:
+        if isinstance(c, Node):
+            d = max(d, c.depth)
+    return d + 1
+
+
+def _check(node_depth, token):
+    if node_depth > MAX_DEPTH:
+        raise _Fail(f"the formula nests deeper than {MAX_DEPTH} levels", token)
+
+
+class _Build(Transformer):
+    """Inline callbacks of the LALR parser: tokens → Node."""
+
+    def number(self, children):
+        (tok,) = children
+        return Node("num", Fraction(str(tok)), (), tok.line, tok.column, 1)
+
+    def tensor(self, children):
+        (tok,) = children
+        name, indices = split_tensor(str(tok), tok)
+        if name in DELTA_NAMES:
+            if len(indices) != 2:
+                raise _Fail(f"a Kronecker delta takes two indices, got '{tok}'", tok)
+            return Node("delta", indices, (), tok.line, tok.column, 1)
+        if name in RESERVED:
+            raise _Fail(f"'{name}' is a reserved word and cannot name a tensor", tok)
+        return Node("tensor", (name, indices), (), tok.line, tok.column, 1)
+
+    def group(self, children):
+        (inner,) = children
+        return inner
+
+    def call(self, children):
+        tok, arg = children
+        name = str(tok)[:-1]
+        if name not in USER_FUNCTIONS:
+            valid = " ".join(USER_FUNCTIONS)
+            raise _Fail(f"unknown function '{name}'; the functions are: {valid}", tok)
+        d = _depth(arg)
+        _check(d, tok)
+        return Node("call", name, (arg,), tok.line, tok.column, d)
+
+    def sum(self, children):
+        tok, arg = children
+        _, indices = split_tensor(str(tok)[:-1].rstrip(), tok)
+        d = _depth(arg)
+        _check(d, tok)
+        return Node("sum", indices, (arg,), tok.line, tok.column, d)
+
+    def add(self, children):
+        left, op, right = children
+        if left.kind == "add":
+            items = left.children + ((str(op), right),)
+            return Node("add", None, items, left.line, left.column, max(left.depth, _depth(right)))
+        d = _depth(left, right)
+        _check(d, op)
+        return Node("add", None, (("+", left), (str(op), right)), left.line, left.column, d)
+
+    def neg(self, children):
+        op, inner = children
+        d = _depth(inner)
+        _check(d, op)
+        return Node("neg", None, (inner,), op.line, op.column, d)
+
+    def mul(self, children):
+        if len(children) == 2:
+            left, right = children
+            op = "*"
+            tok = None
+        else:
+            left, tok, right = children
+            op = str(tok)
+        if left.kind == "mul":
+            items = left.children + ((op, right),)
+            return Node("mul", None, items, left.line, left.column, max(left.depth, _depth(right)))
+        d = _depth(left, right)
+        _check(d, tok or right)
+        return Node("mul", None, (("*", left), (op, right)), left.line, left.column, d)
+
+    def pow(self, children):
+        base, exponent = children
+        d = _depth(base, exponent)
+        _check(d, base)
+        return Node("pow", None, (base, exponent), base.line, base.column, d)
+
+    def statement(self, children):
+        tok, rhs = children
+        name, indices = split_tensor(str(tok), tok)
+        if name in RESERVED:
+            raise _Fail(f"'{name}' is a reserved word and cannot be defined", tok)
+        return Stmt(name, indices, rhs, tok.line, tok.column)
+
+    def start(self, children):
+        return [c for c in children if isinstance(c, Stmt)]
+
+
+_PARSER = None
+
+
+def _parser() -> Lark:
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = Lark(_grammar_text(), parser="lalr", transformer=_Build(),
+                       propagate_positions=False, maybe_placeholders=False)
+    return _PARSER
+
+
+def _caret(text: str, line: int, column: int) -> str:
+    lines = text.splitlines() or [""]
+    if not 1 <= line <= len(lines):
+        line = len(lines)
+        column = len(lines[-1]) + 1
+    src = lines[line - 1]
+    shown = "".join(ch if ch.isprintable() else "?" for ch in src)
+    start = max(0, column - 60)
+    return f"  {shown[start:start + 120]}\n  {' ' * (column - 1 - start)}^"
+
+
+def _describe(token) -> str:
+    if token is None:
+        return "the end of the formula"
+    if getattr(token, "type", "") == "$END":
+        return "the end of the formula"
+    return f"'{token}'"
+
+
+def syntax_error(text, message, line, column) -> EinderivSyntaxError:
+    return EinderivSyntaxError(f"line {line}, column {column}: {message}\n{_caret(text, line, column)}",
+                               line, column)
+
+
+def parse_text(text: str) -> list[Stmt]:
+    """Parse a program into statements; every failure is an EinderivSyntaxError."""
+    if not isinstance(text, str):
+        raise EinderivError(f"a formula must be a string, got {type(text).__name__}")
+    try:
+        statements = _parser().parse(text)
+    except _Fail as fail:
+        tok = fail.token
+        line = getattr(tok, "line", 1) or 1
+        column = getattr(tok, "column", 1) or 1
+        raise syntax_error(text, fail.message, line, column) from None
+    except VisitError as err:  # pragma: no cover - inline transformers raise _Fail directly
+        raise EinderivError(str(err.orig_exc)) from None
+    except UnexpectedCharacters as err:
+        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
+        what = repr(ch) if ch.isprintable() else f"control character {ch!r}"
+        raise syntax_error(text, f"unexpected character {what}", err.line, err.column) from None
+    except UnexpectedToken as err:
+        tok = err.token
+        if tok.type == "$END":
+            lines = text.splitlines() or [""]
+            line, column = len(lines), len(lines[-1]) + 1
+            message = "the formula ends too early (an unclosed '(' or a missing operand?)"
+        else:
+            line, column = tok.line, tok.column
+            message = f"unexpected {_describe(tok)}"
+            if str(tok) == "=":
+                message += " (one '=' per statement; a statement is  name_indices = expression)"
+            elif str(tok) == ")":
+                message += " (unbalanced parentheses?)"
+        raise syntax_error(text, message, line, column) from None
+    except UnexpectedEOF:
+        lines = text.splitlines() or [""]
+        raise syntax_error(text, "the formula ends too early", len(lines), len(lines[-1]) + 1) from None
+    except UnexpectedInput as err:  # pragma: no cover
+        raise syntax_error(text, "syntax error", getattr(err, "line", 1), getattr(err, "column", 1)) from None
+    except (LarkError, RecursionError) as err:
+        raise EinderivError(f"cannot parse the formula: {err}") from None
+    if not statements:
+        raise EinderivError("the formula is empty: write a statement like  C_ik = A_ij B_jk")
+    return statements

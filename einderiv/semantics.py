@@ -1,0 +1,246 @@
+"""Syntax tree → IR: who is free, who is summed, and which dimension every index runs over.
+
+Each top-level term of a right-hand side is summed over its indices that the left-hand side
+lacks (einsum semantics); a term that lacks a left-hand index is broadcast along it. One index
+name has one size in a statement; sizes flow between statements through the tensors, and
+each dimension is named by the first input axis that carries it (``"A.0"``) or by
+``sizes=`` (``"=j"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import simplify as S
+from .errors import EinderivError, IndexSizeError
+from .ir import Delta, Expr, Size, Tensor, Term
+from .parser import Node, Stmt, parse_text, syntax_error
+
+__all__ = ["Statement", "Analysis", "analyze"]
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """``name_indices = expr``: the left-hand indices in their axis order, and the IR."""
+    name: str
+    indices: tuple[str, ...]
+    dims: tuple[str, ...]
+    expr: Expr
+
+
+@dataclass(frozen=True)
+class Analysis:
+    statements: tuple[Statement, ...]
+    inputs: dict            # input name -> tuple of dimensions, one per axis
+    members: dict           # dimension -> list of (tensor, axis, index name, line)
+    sizes: dict             # index name -> size given by the user
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent = {}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def _walk(node: Node):
+    """Every node of a tree, without recursion."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        for c in n.children:
+            stack.append(c[1] if isinstance(c, tuple) else c)
+
+
+def _check_sizes_arg(sizes):
+    if sizes is None:
+        return {}
+    if not isinstance(sizes, dict):
+        raise EinderivError(f"sizes must be a dict like {{'j': 5}}, got {type(sizes).__name__}")
+    out = {}
+    for k, v in sizes.items():
+        if not isinstance(k, str):
+            raise EinderivError(f"sizes keys are index names, got {k!r}")
+        if isinstance(v, bool) or not hasattr(v, "__index__") or int(v) < 0:
+            raise EinderivError(f"sizes['{k}'] must be a non-negative integer, got {v!r}")
+        out[k] = int(v)
+    return out
+
+
+def analyze(text: str, sizes=None) -> Analysis:
+    """Parse and check a program; build the IR of every statement."""
+    sizes = _check_sizes_arg(sizes)
+    stmts = parse_text(text)
+    uf = _UnionFind()
+    defined: dict[str, Stmt] = {}
+    input_ndim: dict[str, tuple] = {}     # name -> (ndim, line, column, text)
+    where: dict = {}                      # union-find key -> (tensor, axis, index, line)
+    index_names = set()
+    for n, st in enumerate(stmts):
+        if st.name in defined:
+            raise syntax_error(text, f"'{st.name}' is defined twice (first on line "
+                               f"{defined[st.name].line})", st.line, st.column)
+        if st.name in input_ndim:
+            raise syntax_error(text, f"'{st.name}' is used before it is defined", st.line, st.column)
+        if len(set(st.indices)) != len(st.indices):
+            raise syntax_error(text, f"a left-hand index repeats in '{st.name}': "
+                               f"{' '.join(st.indices)}", st.line, st.column)
+        for node in _walk(st.rhs):
+            if node.kind == "tensor":
+                name, idx = node.value
+                if name == st.name:
+                    raise syntax_error(text, f"'{name}' is used in its own definition",
+                                       node.line, node.column)
+                if name in defined:
+                    want = len(defined[name].indices)
+                    if len(idx) != want:
+                        raise syntax_error(text, f"'{name}' has {want} indices (line "
+                                           f"{defined[name].line}) but is used with {len(idx)}",
+                                           node.line, node.column)
+                elif name in input_ndim:
+                    want, line, col, first = input_ndim[name]
+                    if len(idx) != want:
+                        raise syntax_error(text, f"input '{name}' is used with {want} indices "
+                                           f"({first} on line {line}) and with {len(idx)}",
+                                           node.line, node.column)
+                else:
+                    shown = name + ("_" + "".join(idx) if idx else "")
+                    input_ndim[name] = (len(idx), node.line, node.column, shown)
+                for axis, index in enumerate(idx):
+                    key = ("T", name, axis)
+                    uf.union(("I", n, index), key)
+                    where.setdefault(key, (name, axis, index, node.line))
+                    index_names.add(index)
+            elif node.kind == "delta":
+                a, b = node.value
+                uf.union(("I", n, a), ("I", n, b))
+                index_names.update((a, b))
+            elif node.kind == "sum":
+                for index in node.value:
+                    uf.find(("I", n, index))
+                    index_names.add(index)
+            elif node.kind == "pow":
+                pass
+        for axis, index in enumerate(st.indices):
+            uf.union(("I", n, index), ("T", st.name, axis))
+            index_names.add(index)
+        defined[st.name] = st
+
+    unknown = sorted(set(sizes) - index_names)
+    if unknown:
+        raise IndexSizeError(f"sizes gives index '{unknown[0]}', which the formula does not use "
+                             f"(its indices: {' '.join(sorted(index_names))})")
+
+    # name every dimension: first input axis in order of appearance, else sizes=
+    input_order = list(input_ndim)
+    reps: dict = {}
+    for name in input_order:
+        for axis in range(input_ndim[name][0]):
+            root = uf.find(("T", name, axis))
+            reps.setdefault(root, f"{name}.{axis}")
+    for key in list(uf.parent):
+        if key[0] == "I" and key[2] in sizes:
+            reps.setdefault(uf.find(key), f"={key[2]}")
+    members: dict = {}
+    for key, (name, axis, index, line) in where.items():
+        if name in input_ndim:
+            members.setdefault(reps[uf.find(key)], []).append((name, axis, index, line))
+    for key in list(uf.parent):
+        if key[0] == "I" and key[2] in sizes:
+            members.setdefault(reps[uf.find(key)], []).append(("sizes", None, key[2], None))
+
+    def dim(n, index, line=None, column=None):
+        root = uf.find(("I", n, index))
+        if root not in reps:
+            st = stmts[n]
+            raise IndexSizeError(
+                f"line {st.line}: index '{index}' of '{st.name}' has no size: no input "
+                f"tensor carries it; give it with sizes={{'{index}': n}}")
+        return reps[root]
+
+    statements = []
+    for n, st in enumerate(stmts):
+        lhs_dims = {i: dim(n, i) for i in st.indices}
+        rhs = _build_statement(text, st, n, dim, defined)
+        statements.append(Statement(st.name, st.indices, tuple(lhs_dims[i] for i in st.indices),
+                                    S.add(rhs, S.zero(lhs_dims))))
+    inputs = {name: tuple(reps[uf.find(("T", name, a))] for a in range(input_ndim[name][0]))
+              for name in input_order}
+    return Analysis(tuple(statements), inputs, members, sizes)
+
+
+def _build_statement(text, st: Stmt, n, dim, defined) -> Expr:
+    lhs = set(st.indices)
+
+    def build(node: Node) -> Expr:
+        kind = node.kind
+        if kind == "num":
+            return S.const(node.value)
+        if kind == "tensor":
+            name, idx = node.value
+            factor = Tensor(name, idx, tuple(dim(n, i) for i in idx))
+            return S.factor_expr(factor)
+        if kind == "delta":
+            a, b = sorted(node.value)
+            d = dim(n, a)
+            return S.expr({a: d, b: d}, [Term(S.ONE, (Delta(a, b, d),))])
+        if kind == "call":
+            return S.func(node.value, build(node.children[0]))
+        if kind == "sum":
+            arg = build(node.children[0])
+            extra = [Size(dim(n, j), j) for j in node.value if j not in arg.indices]
+            if extra:
+                arg = S.mul(arg, S.expr({}, [Term(S.ONE, tuple(extra))]))
+            return S.contract(arg, [j for j in node.value if j in arg.indices])
+        if kind == "add":
+            parts = []
+            for op, child in node.children:
+                e = build(child)
+                parts.append(S.scale(e, -1) if op == "-" else e)
+            return S.add(*parts)
+        if kind == "mul":
+            parts = []
+            for op, child in node.children:
+                e = build(child)
+                if op == "/":
+                    if S.is_zero(e):
+                        raise syntax_error(text, "division by zero", child.line, child.column)
+                    e = S.power(e, S.const(-1))
+                parts.append(e)
+            return S.mul(*parts)
+        if kind == "neg":
+            return S.scale(build(node.children[0]), -1)
+        if kind == "pow":
+            base, exponent = node.children
+            e = build(exponent)
+            if e.indices:
+                raise syntax_error(text, f"the exponent carries indices {', '.join(e.indices)}; "
+                                   "an exponent must be a number or a scalar", exponent.line,
+                                   exponent.column)
+            try:
+                return S.power(build(base), e)
+            except EinderivError as err:
+                raise syntax_error(text, str(err), node.line, node.column) from None
+        raise AssertionError(kind)
+
+    items = node_terms = st.rhs.children if st.rhs.kind == "add" else (("+", st.rhs),)
+    del node_terms
+    terms = []
+    for op, child in items:
+        e = build(child)
+        e = S.contract(e, [i for i in e.indices if i not in lhs])
+        terms.append(S.scale(e, -1) if op == "-" else e)
+    return S.add(*terms)

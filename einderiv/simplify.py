@@ -1,0 +1,519 @@
+"""Canonicalizing constructors: every Expr is built here, already simplified.
+
+A term is simplified in its context (the set of free indices of its Expr): Kronecker deltas
+that touch a summed index are eliminated by renaming (``Σ_j δ_ij B_jk = B_ik``), ``δ_ii``
+becomes 1 or the size of the dimension, equal factors are merged into powers, constants are
+folded, and summed indices get canonical names so that like terms merge and zeros vanish.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+from .errors import EinderivError
+from .ir import (
+    Delta, Expr, Func, Power, Size, Tensor, Term, factor_dims, factor_indices, fresh_index,
+    rename_expr, rename_factor, rename_term, term_dims, term_indices,
+)
+
+__all__ = [
+    "expr", "const", "zero", "factor_expr", "add", "mul", "scale", "contract", "func",
+    "power", "const_value", "is_zero", "MAX_TERMS", "group", "has_delta",
+]
+
+MAX_TERMS = 20000  # a derivative growing past this many terms raises instead of hanging
+ONE = Fraction(1)
+
+
+def _number(value):
+    """Keep exact rationals exact; turn an integral float into a Fraction."""
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, int):
+        return Fraction(value)
+    if math.isfinite(value) and value == int(value) and abs(value) < 2**53:
+        return Fraction(int(value))
+    return value
+
+
+# --- keys: a total order on factors, summed indices masked -----------------------------------
+
+def _name(index, mask):
+    return "*" if index in mask else index
+
+
+def factor_key(factor, mask=frozenset()):
+    if isinstance(factor, Size):
+        return (0, factor.dim)
+    if isinstance(factor, Delta):
+        return (1, _name(factor.a, mask), _name(factor.b, mask))
+    if isinstance(factor, Tensor):
+        return (2, factor.name, tuple(_name(i, mask) for i in factor.indices))
+    if isinstance(factor, Func):
+        return (3, factor.name, expr_key(factor.arg, mask))
+    if isinstance(factor, Power):
+        return (4, expr_key(factor.base, mask), expr_key(factor.exponent, mask))
+    raise TypeError(factor)
+
+
+def expr_key(e: Expr, mask=frozenset()):
+    inner = mask & set(e.indices) if mask else mask
+    return (tuple(_name(i, inner) for i in e.indices),
+            tuple((_coeff_key(t.coeff), tuple(factor_key(f, inner) for f in t.factors))
+                  for t in e.terms))
+
+
+def _coeff_key(c):
+    return float(c)
+
+
+# --- constants -------------------------------------------------------------------------------
+
+def zero(dims: dict | None = None) -> Expr:
+    dims = dims or {}
+    order = tuple(sorted(dims))
+    return Expr(order, tuple(dims[i] for i in order), ())
+
+
+def const(value, dims: dict | None = None) -> Expr:
+    value = _number(value)
+    if value == 0:
+        return zero(dims)
+    dims = dims or {}
+    order = tuple(sorted(dims))
+    return Expr(order, tuple(dims[i] for i in order), (Term(value, ()),))
+
+
+def is_zero(e: Expr) -> bool:
+    return not e.terms
+
+
+def const_value(e: Expr):
+    """The number an expression without indices or factors stands for, else None."""
+    if e.indices:
+        return None
+    if not e.terms:
+        return Fraction(0)
+    if len(e.terms) == 1 and not e.terms[0].factors:
+        return e.terms[0].coeff
+    return None
+
+
+def factor_expr(factor) -> Expr:
+    """The expression made of one factor."""
+    return expr(factor_dims(factor), [Term(ONE, (factor,))])
+
+
+# --- the term normalizer ---------------------------------------------------------------------
+
+def _recanon(factor):
+    """Rebuild a factor's nested expressions after a rename (they may have merged indices)."""
+    if isinstance(factor, Func):
+        return func(factor.name, expr(factor.arg.dim_map, factor.arg.terms)).terms
+    if isinstance(factor, Power):
+        base = expr(factor.base.dim_map, factor.base.terms)
+        rebuilt = power(base, factor.exponent)
+        if len(rebuilt.terms) > 1:
+            return (Term(ONE, (Power(base, factor.exponent),)),)
+        return rebuilt.terms
+    return None
+
+
+def _eliminate_deltas(factors: list, free: set):
+    """δ elimination: Σ_j δ_ij f_j = f_i; δ_ii = 1 elementwise, n_i when summed alone."""
+    changed = True
+    while changed:
+        changed = False
+        for n, f in enumerate(factors):
+            if not isinstance(f, Delta):
+                continue
+            rest = factors[:n] + factors[n + 1:]
+            if f.a == f.b:
+                if f.a not in free and not any(f.a in factor_indices(g) for g in rest):
+                    rest.append(Size(f.dim, f.a))
+                factors[:] = rest
+                changed = True
+                break
+            if f.a not in free:
+                old, new = f.a, f.b
+            elif f.b not in free:
+                old, new = f.b, f.a
+            else:
+                continue
+            factors[:] = [rename_factor(g, {old: new}) for g in rest]
+            changed = True
+            break
+
+
+def _base_and_exponent(factor):
+    """Split ``g^n`` (numeric n) into (g, n), g a factor or a sum (an Expr); else (factor, 1)."""
+    if isinstance(factor, Power):
+        n = const_value(factor.exponent)
+        base = factor.base
+        if n is not None:
+            if (len(base.terms) == 1 and base.terms[0].coeff == 1
+                    and len(base.terms[0].factors) == 1
+                    and set(factor_indices(base.terms[0].factors[0])) == set(base.indices)):
+                return base.terms[0].factors[0], n
+            return base, n
+    return factor, ONE
+
+
+def _power_of(base, n):
+    """Rebuild ``base ^ n`` from a factor or an Expr base."""
+    if isinstance(base, Expr):
+        return Power(base, const(n))
+    if n == 1:
+        return base
+    return Power(factor_expr(base), const(n))
+
+
+def has_delta(e: Expr) -> bool:
+    return any(isinstance(f, Delta) for t in e.terms for f in t.factors)
+
+
+def group(e: Expr) -> Expr:
+    """Keep a sum of two or more δ-free terms together as one factor ``(a + b)`` in a product,
+    instead of multiplying it out; a sum holding a δ is multiplied out so the δ can go."""
+    if len(e.terms) < 2 or has_delta(e):
+        return e
+    common = _common_factor([t.coeff for t in e.terms])
+    if common != 1:
+        e = Expr(e.indices, e.dims, tuple(Term(_number(t.coeff / common), t.factors) for t in e.terms))
+    return Expr(e.indices, e.dims, (Term(common, (Power(e, const(1)),)),))
+
+
+def _common_factor(coeffs):
+    """The largest rational that divides every coefficient (sign of the first kept)."""
+    if not all(isinstance(c, Fraction) for c in coeffs):
+        return ONE
+    num = 0
+    den = 1
+    for c in coeffs:
+        num = math.gcd(num, c.numerator)
+        den = den * c.denominator // math.gcd(den, c.denominator)
+    g = Fraction(num, den)
+    if all(c < 0 for c in coeffs):
+        g = -g
+    return g if g != 0 else ONE
+
+
+def _merge_powers(factors: list, free: set) -> list:
+    """f^a f^b = f^(a+b) for factors over the same indices."""
+    groups: dict = {}
+    for n, f in enumerate(factors):
+        if isinstance(f, (Delta, Size)):
+            groups[("unmerged", n)] = (f, ONE)
+            continue
+        base, exponent = _base_and_exponent(f)
+        if base in groups:
+            groups[base] = (base, groups[base][1] + exponent)
+        else:
+            groups[base] = (base, exponent)
+    if len(groups) == len(factors):
+        return factors
+    merged = []
+    for base, n in groups.values():
+        if n == 0:
+            lost = set(base.indices if isinstance(base, Expr) else factor_indices(base)) - free
+            if lost:  # keep g^0 so a summed index does not silently lose its range
+                merged.append(Power(base if isinstance(base, Expr) else factor_expr(base), const(0)))
+        else:
+            merged.append(_power_of(base, n))
+    return merged
+
+
+def _refined_keys(factors, dummies):
+    """Sort keys with summed indices masked, refined by what each summed index touches."""
+    base = [factor_key(f, dummies) for f in factors]
+    touches = {d: [] for d in dummies}
+    for key, f in zip(base, factors):
+        for index in factor_indices(f):
+            if index in touches:
+                touches[index].append(key)
+    for d in touches:
+        touches[d].sort()
+    refined = []
+    for key, f in zip(base, factors):
+        neighbours = tuple(tuple(touches[i]) for i in factor_indices(f) if i in touches)
+        refined.append((key, neighbours))
+    return refined
+
+
+def _index_sequence(factor):
+    """Indices in the order they appear when the factor is written out, nested ones included."""
+    if isinstance(factor, Tensor):
+        return factor.indices
+    if isinstance(factor, Delta):
+        return (factor.a, factor.b)
+    if isinstance(factor, (Func, Power)):
+        e = factor.arg if isinstance(factor, Func) else factor.base
+        seq = []
+        for t in e.terms:
+            for g in t.factors:
+                seq.extend(i for i in _index_sequence(g) if i in e.indices)
+        seq.extend(e.indices)
+        return tuple(seq)
+    return ()
+
+
+def _has_fresh(e: Expr) -> bool:
+    """Whether a nested expression holds a summed index moved aside by a rename."""
+    for t in e.terms:
+        for f in t.factors:
+            for i in factor_indices(f):
+                if i.startswith("_") and i[1:2].isdigit() and i not in e.indices:
+                    return True
+            if isinstance(f, Func) and _has_fresh(f.arg):
+                return True
+            if isinstance(f, Power) and _has_fresh(f.base):
+                return True
+    return False
+
+
+def _settle(f):
+    """Re-canonicalize the nested expression of a factor after a rename moved its indices."""
+    if isinstance(f, Func) and _has_fresh(f.arg):
+        return Func(f.name, expr(f.arg.dim_map, f.arg.terms))
+    if isinstance(f, Power) and _has_fresh(f.base):
+        return Power(expr(f.base.dim_map, f.base.terms), f.exponent)
+    return f
+
+
+def _canonical_names(free):
+    n = 0
+    while True:
+        name = f"_d{n}"
+        n += 1
+        if name not in free:
+            yield name
+
+
+def _canonicalize(coeff, factors: list, free: set) -> Term:
+    """Canonical order of factors and canonical names for summed indices."""
+    indices = set()
+    for f in factors:
+        indices.update(factor_indices(f))
+    dummies = frozenset(indices - free)
+    if dummies:
+        order = sorted(zip(_refined_keys(factors, dummies), range(len(factors))))
+        names = _canonical_names(free)
+        mapping = {}
+        for _, k in order:
+            for index in _index_sequence(factors[k]):
+                if index in dummies and index not in mapping:
+                    mapping[index] = next(names)
+        # two-step rename so canonical names never capture each other
+        temp = {d: fresh_index() for d in dummies}
+        factors = [rename_factor(f, temp) for f in factors]
+        factors = [rename_factor(f, {temp[d]: mapping[d] for d in dummies}) for f in factors]
+        factors = [_settle(f) for f in factors]
+    factors.sort(key=factor_key)
+    return Term(coeff, tuple(factors))
+
+
+def normalize_term(coeff, factors, free: set) -> Term | None:
+    """Simplify one product in the context of the free indices ``free``; None if zero."""
+    coeff = _number(coeff)
+    if coeff == 0:
+        return None
+    flat = []
+    for f in factors:
+        if isinstance(f, Size):
+            flat.append(f)
+            continue
+        if isinstance(f, (Func, Power)):
+            inner = f.arg if isinstance(f, Func) else f.base
+            if is_zero(inner) and isinstance(f, Power):
+                n = const_value(f.exponent)
+                if n is not None and n > 0:
+                    return None
+        flat.append(f)
+    factors = flat
+    if any(isinstance(f, Delta) for f in factors):
+        before = [f for f in factors if isinstance(f, (Func, Power))]
+        _eliminate_deltas(factors, free)
+        if any(isinstance(f, (Func, Power)) for f in factors) and before:
+            rebuilt = []
+            for f in factors:
+                if isinstance(f, (Func, Power)) and f not in before:
+                    terms = _recanon(f)
+                    if terms is None:
+                        rebuilt.append(f)
+                        continue
+                    if not terms:
+                        return None
+                    (t,) = terms
+                    coeff = _number(coeff * t.coeff)
+                    rebuilt.extend(t.factors)
+                else:
+                    rebuilt.append(f)
+            factors = rebuilt
+    factors = _merge_powers(factors, free)
+    return _canonicalize(coeff, factors, free)
+
+
+def expr(dims: dict, terms) -> Expr:
+    """The canonical Expr over the index set ``dims`` (index → dimension) with these terms."""
+    free = set(dims)
+    merged: dict = {}
+    for t in terms:
+        nt = normalize_term(t.coeff, t.factors, free)
+        if nt is None:
+            continue
+        merged[nt.factors] = _number(merged.get(nt.factors, 0) + nt.coeff)
+    if len(merged) > MAX_TERMS:
+        raise EinderivError(
+            f"the expression grew to {len(merged)} terms (limit {MAX_TERMS}); "
+            "differentiate fewer times or simplify the formula")
+    kept = [Term(c, f) for f, c in merged.items() if c != 0]
+    kept.sort(key=lambda t: (tuple(factor_key(f) for f in t.factors), _coeff_key(t.coeff)))
+    order = tuple(sorted(free))
+    return Expr(order, tuple(dims[i] for i in order), tuple(kept))
+
+
+# --- algebra ---------------------------------------------------------------------------------
+
+def _lift(e: Expr, avoid: set):
+    """The terms of ``e`` with summed indices renamed away from ``avoid``, and a δ_kk marker
+    for every index k of ``e`` that a term lacks (so a broadcast keeps its range)."""
+    out = []
+    for t in e.terms:
+        idx = term_indices(t)
+        mapping = {i: fresh_index() for i in idx if i not in e.indices and i in avoid}
+        t = rename_term(t, mapping)
+        missing = [k for k in e.indices if k not in idx]
+        if missing:
+            dims = e.dim_map
+            t = Term(t.coeff, t.factors + tuple(Delta(k, k, dims[k]) for k in missing))
+        out.append(t)
+    return out
+
+
+def _all_names(e: Expr) -> set:
+    names = set(e.indices)
+    for t in e.terms:
+        names.update(term_indices(t))
+    return names
+
+
+def add(*exprs: Expr) -> Expr:
+    """Elementwise sum, broadcast over the union of the indices."""
+    dims = {}
+    for e in exprs:
+        dims.update(e.dim_map)
+    free = set(dims)
+    terms = []
+    for e in exprs:
+        for t in e.terms:
+            idx = term_indices(t)
+            mapping = {i: fresh_index() for i in idx if i not in e.indices and i in free}
+            terms.append(rename_term(t, mapping))
+    return expr(dims, terms)
+
+
+def scale(e: Expr, c) -> Expr:
+    c = _number(c)
+    if c == 0:
+        return zero(e.dim_map)
+    return Expr(e.indices, e.dims, tuple(Term(_number(t.coeff * c), t.factors) for t in e.terms))
+
+
+def mul(*exprs: Expr) -> Expr:
+    """Elementwise product (no summation), distributed into a sum of products."""
+    dims = {}
+    for e in exprs:
+        dims.update(e.dim_map)
+    products = [Term(ONE, ())]
+    if len(exprs) > 1:
+        exprs = [group(e) for e in exprs]
+    for e in exprs:
+        if is_zero(e):
+            return zero(dims)
+        avoid = set(dims)
+        for p in products:
+            avoid.update(term_indices(p))
+        lifted = _lift(e, avoid | _all_names(e) - set(e.indices))
+        if len(products) * len(lifted) > MAX_TERMS:
+            raise EinderivError(
+                f"the product expands to {len(products) * len(lifted)} terms "
+                f"(limit {MAX_TERMS})")
+        products = [Term(p.coeff * t.coeff, p.factors + t.factors)
+                    for p in products for t in lifted]
+    return expr(dims, products)
+
+
+def contract(e: Expr, summed) -> Expr:
+    """``Σ_{summed} e``: a term that lacks a summed index is multiplied by its size."""
+    summed = [i for i in dict.fromkeys(summed)]
+    dims = e.dim_map
+    for i in summed:
+        dims.pop(i, None)
+    terms = []
+    for t in e.terms:
+        idx = set(term_indices(t))
+        markers = tuple(Delta(k, k, e.dim_of(k)) for k in summed if k in e.indices and k not in idx)
+        terms.append(Term(t.coeff, t.factors + markers))
+    return expr(dims, terms)
+
+
+def _fold(name, value):
+    from .functions import FUNCTIONS
+    import numpy as np
+    with np.errstate(all="ignore"):
+        result = float(FUNCTIONS[name].numpy(np.float64(value)))
+    if not math.isfinite(result):
+        raise EinderivError(f"{name}({value}) is not finite")
+    return _number(result)
+
+
+def func(name: str, arg: Expr) -> Expr:
+    """``name(arg)`` elementwise; constant arguments are folded."""
+    value = None
+    if not arg.terms:
+        value = Fraction(0)
+    elif len(arg.terms) == 1 and not arg.terms[0].factors:
+        value = arg.terms[0].coeff
+    if value is not None:
+        return const(_fold(name, value), arg.dim_map)
+    return expr(arg.dim_map, [Term(ONE, (Func(name, arg),))])
+
+
+def power(base: Expr, exponent: Expr) -> Expr:
+    """``base ^ exponent`` elementwise; the exponent has no indices."""
+    if exponent.indices:
+        raise EinderivError("an exponent must not carry indices")
+    n = const_value(exponent)
+    dims = base.dim_map
+    if n is not None:
+        if n == 0:
+            return const(1, dims)
+        if n == 1:
+            return base
+        if is_zero(base):
+            if n > 0:
+                return zero(dims)
+            raise EinderivError("division by zero: 0 raised to a negative power")
+        if len(base.terms) == 1:
+            t = base.terms[0]
+            if not t.factors:  # a number
+                c = t.coeff
+                if isinstance(n, Fraction) and n.denominator == 1:
+                    return const(Fraction(c) ** int(n), dims)
+                if c < 0:
+                    raise EinderivError(f"({c})^{n} is not a real number")
+                return const(float(c) ** float(n), dims)
+            has_sum = set(term_indices(t)) - set(base.indices)
+            integral = isinstance(n, Fraction) and n.denominator == 1
+            if integral and not has_sum:
+                # (c f g)^n = c^n f^n g^n elementwise
+                factors = []
+                for f in t.factors:
+                    b, m = _base_and_exponent(f)
+                    factors.append(_power_of(b, m * n))
+                return expr(dims, [Term(Fraction(t.coeff) ** int(n), tuple(factors))])
+            if t.coeff != 1 and t.coeff > 0 and not integral:
+                inner = Expr(base.indices, base.dims, (Term(ONE, t.factors),))
+                return scale(power(inner, exponent), _number(float(t.coeff) ** float(n)))
+    return expr(dims, [Term(ONE, (Power(base, exponent),))])
