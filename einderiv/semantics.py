@@ -61,7 +61,7 @@ def _walk(node: Node):
     while stack:
         n = stack.pop()
         yield n
-        for c in n.children:
+        for c in reversed(n.children):
             stack.append(c[1] if isinstance(c, tuple) else c)
 
 

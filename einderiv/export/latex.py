@@ -1,0 +1,140 @@
+"""IR → LaTeX: ``\\sum_{j}`` for every sum, ``\\delta_{ip}``, fractions for divisions."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ..ir import Delta, Expr, Func, Power, Size, Tensor, Term
+from ..simplify import const_value
+from .text import format_number, split_term
+
+__all__ = ["expr_latex", "program_latex", "label_latex"]
+
+_GREEK = {
+    "α": r"\alpha", "β": r"\beta", "γ": r"\gamma", "δ": r"\delta", "ε": r"\epsilon", "ζ": r"\zeta",
+    "η": r"\eta", "θ": r"\theta", "κ": r"\kappa", "λ": r"\lambda", "μ": r"\mu", "ν": r"\nu",
+    "ξ": r"\xi", "π": r"\pi", "ρ": r"\rho", "σ": r"\sigma", "τ": r"\tau", "υ": r"\upsilon",
+    "φ": r"\phi", "χ": r"\chi", "ψ": r"\psi", "ω": r"\omega",
+}
+
+
+def _name(text: str) -> str:
+    out = "".join(_GREEK.get(c, c) for c in text)
+    if len(text) > 1 and out == text:
+        return r"\mathrm{" + text + "}"
+    return out
+
+
+def _sub(indices) -> str:
+    if not indices:
+        return ""
+    sep = "" if all(len(i) == 1 for i in indices) else ","
+    return "_{" + sep.join(_name(i) for i in indices) + "}"
+
+
+def _number(c) -> str:
+    if isinstance(c, Fraction) and c.denominator != 1:
+        return rf"\frac{{{c.numerator}}}{{{c.denominator}}}"
+    return format_number(c)
+
+
+def _atomic(base: Expr) -> bool:
+    if len(base.terms) != 1:
+        return False
+    t = base.terms[0]
+    return t.coeff == 1 and len(t.factors) == 1 and isinstance(t.factors[0], (Tensor, Func, Delta))
+
+
+def factor_latex(f, taken) -> str:
+    if isinstance(f, Tensor):
+        return _name(f.name) + _sub(f.indices)
+    if isinstance(f, Delta):
+        return r"\delta" + _sub((f.a, f.b))
+    if isinstance(f, Size):
+        return r"n_{" + f.dim.lstrip("=") + "}"
+    if isinstance(f, Func):
+        from ..functions import FUNCTIONS
+        return FUNCTIONS[f.name].latex + r"\left(" + expr_latex(f.arg, taken) + r"\right)"
+    if isinstance(f, Power):
+        body = expr_latex(f.base, taken)
+        if not _atomic(f.base):
+            body = r"\left(" + body + r"\right)"
+        n = const_value(f.exponent)
+        if n == 1:
+            return body
+        if n == Fraction(1, 2):
+            return r"\sqrt{" + expr_latex(f.base, taken) + "}"
+        exp = _number(n) if n is not None else expr_latex(f.exponent, taken)
+        return body + "^{" + exp + "}"
+    raise TypeError(f)
+
+
+def term_latex(term: Term, free, taken) -> tuple[str, bool]:
+    term, letters = split_term(term, free, taken)
+    inner = set(taken) | set(free) | set(letters)
+    numer, denom = [], []
+    for f in term.factors:
+        n = const_value(f.exponent) if isinstance(f, Power) else None
+        if n is not None and n < 0:
+            denom.append(factor_latex(Power(f.base, _const(-n)), inner))
+        else:
+            numer.append(factor_latex(f, inner))
+    c = term.coeff
+    negative = c < 0
+    c = -c if negative else c
+    body = " ".join(numer)
+    if denom:
+        body = r"\frac{" + (body or "1") + "}{" + " ".join(denom) + "}"
+    if c != 1 or not body:
+        body = (_number(c) + " " + body).strip()
+    if letters:
+        body = r"\sum" + _sub(letters) + " " + body
+    return body, negative
+
+
+def _const(n):
+    from ..simplify import const
+    return const(n)
+
+
+def expr_latex(e: Expr, taken=frozenset()) -> str:
+    if not e.terms:
+        return "0"
+    out = []
+    for k, t in enumerate(e.terms):
+        text, negative = term_latex(t, e.indices, taken)
+        if k == 0:
+            out.append("-" + text if negative else text)
+        else:
+            out.append((" - " if negative else " + ") + text)
+    return "".join(out)
+
+
+def label_latex(program, st) -> str:
+    label = program.label(st)
+    if "/" in label and label.startswith("d"):
+        num, den = label.split("/", 1)
+        parts = den.split(" ")
+        order = len(parts)
+        head = num[1:].lstrip("²³⁴⁵⁶⁷⁸⁹")
+        name, _, idx = head.partition("_")
+        top = (r"\partial^{%d} " % order if order > 1 else r"\partial ") + _name(name) + (_sub(_idx(idx)) if idx else "")
+        bottom = " ".join(r"\partial " + _name(p[1:].partition("_")[0]) + _sub(_idx(p[1:].partition("_")[2])) for p in parts)
+        return r"\frac{" + top + "}{" + bottom + "}"
+    name, _, idx = label.partition("_")
+    return _name(name) + (_sub(_idx(idx)) if idx else "")
+
+
+def _idx(text):
+    if text.startswith("{"):
+        inner = text[1:-1]
+        return tuple(inner.split(",")) if "," in inner else tuple(inner)
+    return tuple(text)
+
+
+def program_latex(program) -> str:
+    lines = [label_latex(program, st) + " = " + expr_latex(st.expr, set(st.indices))
+             for st in program.statements]
+    if len(lines) == 1:
+        return lines[0]
+    return r"\begin{aligned}" + r" \\ ".join(l.replace(" = ", " &= ", 1) for l in lines) + r"\end{aligned}"

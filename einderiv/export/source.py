@@ -1,0 +1,287 @@
+"""Lowered plan → standalone Python source for numpy (with opt_einsum), torch or jax.
+
+The generated function follows the same plan as ``evaluate``: one contraction per term,
+temporaries for functions and powers, δ terms added into a diagonal view of the output.
+User text appears in the source only as identifiers the grammar has already validated.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+
+import opt_einsum as oe
+
+from ..errors import EinderivError
+from ..evaluate import ExprStep, FuncStep, PowerStep, _subscripts
+from ..functions import FUNCTIONS
+from .text import format_indices
+
+__all__ = ["generate"]
+
+_MODULES = {"np", "oe", "torch", "jax", "jnp", "math", "dtype", "out", "view"}
+
+_HEADER = {
+    "numpy": "import numpy as np\nimport opt_einsum as oe\n",
+    "torch": "import torch\n",
+    "jax": "import jax\nimport jax.numpy as jnp\n",
+}
+
+_DIAG = {
+    "numpy": '''
+def _diagonal(out, groups):
+    """A writable view of `out` where the axes of each group run together."""
+    shape = [out.shape[g[0]] for g in groups]
+    strides = [sum(out.strides[k] for k in g) for g in groups]
+    return np.lib.stride_tricks.as_strided(out, shape, strides, writeable=True)
+''',
+    "torch": '''
+def _diagonal(out, groups):
+    """A view of `out` where the axes of each group run together."""
+    shape = [out.shape[g[0]] for g in groups]
+    strides = [sum(out.stride(k) for k in g) for g in groups]
+    return out.as_strided(shape, strides, out.storage_offset())
+''',
+    "jax": '''
+def _add_diagonal(out, value, groups):
+    """out + value written along the diagonal where the axes of each group run together."""
+    index = [None] * out.ndim
+    for position, g in enumerate(groups):
+        n = out.shape[g[0]]
+        shape = [1] * len(groups)
+        shape[position] = n
+        for k in g:
+            index[k] = jnp.arange(n).reshape(shape)
+    return out.at[tuple(index)].add(value)
+''',
+}
+
+
+def _ident(name: str, taken: set) -> str:
+    """A safe Python identifier for a program name (inputs keep theirs where possible)."""
+    base = name if name.isidentifier() else "".join(c if (c.isalnum() or c == "_") else "_" for c in name)
+    base = base.strip("_") or "t"
+    if not base.isidentifier():
+        base = "t_" + base
+    if keyword.iskeyword(base) or base in _MODULES or base.startswith("_"):
+        base = base + "_"
+    candidate = base
+    n = 1
+    while candidate in taken:
+        candidate = f"{base}{n}"
+        n += 1
+    taken.add(candidate)
+    return candidate
+
+
+def _shape_expr(dim, names, input_dims, program):
+    for name, dims in input_dims.items():
+        if dim in dims:
+            return f"{names[name]}.shape[{dims.index(dim)}]"
+    if dim.startswith("="):
+        index = dim[1:]
+        if index in program._sizes:
+            return str(program._sizes[index])
+        return f"size_{index}"
+    raise EinderivError(f"no input carries dimension {dim}")  # pragma: no cover
+
+
+def generate(program, target: str, name: str, shapes=None) -> str:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise EinderivError(f"'{name}' is not a valid Python function name")
+    plan = program._lowered()
+    taken = set(_MODULES) | {name, "_diagonal", "_add_diagonal"}
+    names = {}
+    for inp in plan.inputs:
+        names[inp] = _ident(inp, taken)
+    size_params = sorted({d[1:] for st in program.statements for d in st.dims
+                          if d.startswith("=") and d[1:] not in program._sizes}
+                         | {d[1:] for ds in plan.input_dims.values() for d in ds if d.startswith("=")}
+                         - set(program._sizes))
+    # fixed contraction paths when shapes are known
+    dim_size = None
+    if shapes is not None:
+        from ..evaluate import resolve_sizes
+        dim_size = resolve_sizes(plan.input_dims, program._members,
+                                 {k: tuple(v) for k, v in shapes.items()}, program._sizes)
+
+    lines = []
+    uses_diag = False
+    ref_axes = {inp: None for inp in plan.inputs}
+    temp_count = 0
+    for step in plan.steps:
+        if step.target not in names:
+            temp_count += 1
+            label = step.target if not step.target.startswith(("%", "∂", "↦")) else f"t{temp_count}"
+            names[step.target] = _ident(label, taken)
+        tgt = names[step.target]
+        if isinstance(step, FuncStep):
+            lines.append(f"{tgt} = " + FUNCTIONS[step.func].templates[target].format(x=names[step.source]))
+        elif isinstance(step, PowerStep):
+            src = names[step.source]
+            if isinstance(step.exponent, str):
+                lines.append(f"{tgt} = {src} ** {names[step.exponent]}")
+            elif step.exponent == 1.0:
+                lines.append(f"{tgt} = {src}")
+            elif step.exponent == 2.0:
+                lines.append(f"{tgt} = {src} * {src}")
+            else:
+                lines.append(f"{tgt} = {src} ** {step.exponent!r}")
+        elif isinstance(step, ExprStep):
+            used = _expr_lines(step, tgt, names, plan, program, target, dim_size, lines)
+            uses_diag |= used
+    outs = list(plan.outputs.items())
+    if len(outs) == 1:
+        lines.append(f"return {names[outs[0][1][0]]}")
+    else:
+        keys = program._result_keys or {}
+        items = ", ".join(f"{keys.get(n, n)!r}: {names[ref]}" for n, (ref, _) in outs)
+        lines.append(f"return {{{items}}}")
+
+    params = [names[i] for i in plan.inputs] + [f"size_{s}" for s in size_params]
+    doc = _docstring(program, plan, names)
+    body = "\n".join("    " + line for line in lines)
+    head = _HEADER[target]
+    if target == "numpy" or target == "torch":
+        pass
+    helpers = _DIAG[target] if uses_diag else ""
+    return (f"{head}{helpers}\n\ndef {name}({', '.join(params)}):\n{doc}{body}\n")
+
+
+def _docstring(program, plan, names):
+    text = str(program).replace("\\", "\\\\").replace('"""', "'''")
+    lines = ['    """' + text.splitlines()[0]]
+    for extra in text.splitlines()[1:]:
+        lines.append("    " + extra)
+    lines.append("")
+    lines.append("    Inputs (axes by index):")
+    sample = {}
+    for st in program.statements:
+        from ..ir import tensor_names
+        del tensor_names
+    for inp, dims in plan.input_dims.items():
+        axes = ", ".join(_axis_label(program, inp, k, d) for k, d in enumerate(dims))
+        lines.append(f"        {names[inp]}[{axes}]")
+    del sample
+    for out, (ref, axes) in plan.outputs.items():
+        st = program.statement(out)
+        lines.append(f"    Returns {program.label(st).split(' = ')[0]} with axes ({', '.join(axes)}).")
+    lines.append('    """')
+    return "\n".join(lines) + "\n"
+
+
+def _axis_label(program, tensor, axis, dim):
+    for t, a, index, _ in program._members.get(dim, ()):
+        if t == tensor and a == axis:
+            return index
+    return f"axis{axis}"
+
+
+def _contract_call(subs, operands, target, dim_size, shapes_of):
+    args = ", ".join(operands)
+    if target == "numpy":
+        if dim_size is not None:
+            path, _ = oe.contract_path(subs, *shapes_of, shapes=True, optimize="auto")
+            return f"oe.contract({subs!r}, {args}, optimize={path!r})"
+        return f"oe.contract({subs!r}, {args})"
+    if target == "torch":
+        return f"torch.einsum({subs!r}, {args})"
+    return f"jnp.einsum({subs!r}, {args})"
+
+
+def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lines) -> bool:
+    order = step.order
+    shape = "(" + ", ".join(_shape_expr(d, names, plan.input_dims, program) for d in step.dims) + ("," if len(step.dims) == 1 else "") + ")"
+    zeros = {"numpy": f"np.zeros({shape}, dtype=dtype)",
+             "torch": f"torch.zeros({shape}, dtype=dtype)",
+             "jax": f"jnp.zeros({shape}, dtype=dtype)"}[target]
+    used_diag = False
+    pieces = []
+    for term in step.terms:
+        coeff = term.coeff
+        factor_text = [repr(coeff)] if coeff != 1.0 else []
+        for d in term.sizes:
+            factor_text.append(_shape_expr(d, names, plan.input_dims, program))
+        if term.deltas:
+            parent = {i: i for i in order}
+
+            def find(i):
+                while parent[i] != i:
+                    i = parent[i]
+                return i
+
+            for a, b in term.deltas:
+                parent[find(b)] = find(a)
+            rep = {i: find(i) for i in order}
+            view_axes = tuple(dict.fromkeys(rep[i] for i in order))
+            groups = [[k for k, i in enumerate(order) if rep[i] == r] for r in view_axes]
+            operands = [(ref, tuple(rep.get(i, i) for i in idx)) for ref, idx in term.operands]
+        else:
+            view_axes, groups, operands = order, None, term.operands
+        present = {i for _, idx in operands for i in idx}
+        kept = tuple(i for i in view_axes if i in present)
+        if operands:
+            subs = _subscripts(operands, kept)
+            shapes_of = None
+            if dim_size is not None:
+                shapes_of = [tuple(dim_size[d] for d in _dims_of(ref, plan, program)) for ref, _ in operands]
+            value = _contract_call(subs, [names[r] for r, _ in operands], target, dim_size, shapes_of)
+            if len(operands) == 1 and len(set(subs.split("->")[0])) == len(subs.split("->")[0]) and sorted(subs.split("->")[0]) == sorted(subs.split("->")[1]):
+                ins, outs = subs.split("->")
+                perm = tuple(ins.index(c) for c in outs)
+                src = names[operands[0][0]]
+                if perm == tuple(range(len(perm))):
+                    value = src
+                elif target == "torch":
+                    value = f"{src}.permute{perm}"
+                elif target == "jax":
+                    value = f"jnp.transpose({src}, {perm})"
+                else:
+                    value = f"{src}.transpose({perm})"
+        else:
+            value = None
+        if factor_text:
+            value = " * ".join(factor_text + ([value] if value else []))
+        elif value is None:
+            value = "1.0"
+        if len(kept) != len(view_axes):
+            index = ", ".join(":" if i in present else "None" for i in view_axes)
+            value = f"({value})[{index}]" if operands else value
+        pieces.append((value, groups, len(kept) == len(view_axes)))
+    if len(pieces) == 1 and pieces[0][1] is None and pieces[0][2]:
+        lines.append(f"{tgt} = {pieces[0][0]}")
+        return False
+    dtype_line = {"numpy": "dtype = np.result_type(" + ", ".join([names[i] for i in plan.inputs] + ["1.0"]) + ")",
+                  "torch": f"dtype = {names[plan.inputs[0]]}.dtype if {names[plan.inputs[0]]}.is_floating_point() else torch.float64" if plan.inputs else "dtype = torch.float64",
+                  "jax": "dtype = jnp.result_type(" + ", ".join([names[i] for i in plan.inputs] + ["1.0"]) + ")"}[target]
+    if "dtype = " not in "\n".join(lines):
+        lines.insert(0, dtype_line)
+    lines.append(f"{tgt} = {zeros}")
+    for value, groups, full in pieces:
+        if groups is None:
+            if target == "jax":
+                lines.append(f"{tgt} = {tgt} + {value}")
+            else:
+                lines.append(f"{tgt} += {value}")
+        else:
+            used_diag = True
+            if target == "jax":
+                lines.append(f"{tgt} = _add_diagonal({tgt}, {value}, {groups!r})")
+            else:
+                lines.append(f"_diagonal({tgt}, {groups!r})[...] += {value}")
+    return used_diag
+
+
+def _dims_of(ref, plan, program):
+    if ref in plan.input_dims:
+        return plan.input_dims[ref]
+    for step in plan.steps:
+        if getattr(step, "target", None) == ref:
+            if isinstance(step, ExprStep):
+                # axes of an ExprStep follow its order
+                return step.dims
+            return _dims_of(step.source, plan, program)
+    raise EinderivError(f"unknown reference {ref}")  # pragma: no cover
+
+
+del math
