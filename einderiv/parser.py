@@ -82,6 +82,8 @@ def split_tensor(text: str, token=None) -> tuple[str, tuple[str, ...]]:
             raise _Fail(f"empty index list in '{text}'", token)
         if "," in inner:
             parts = tuple(p.strip() for p in inner.split(","))
+            if len(parts) > 1 and parts[-1] == "":
+                parts = parts[:-1]  # y_{out,}: one multi-letter index
             for p in parts:
                 if not _IDENT.match(p) or len(p) > MAX_NAME:
                     raise _Fail(f"'{p}' is not a valid index name in '{text}'", token)

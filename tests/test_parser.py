@@ -1,0 +1,140 @@
+"""The language of SPEC §1: every construct parses, and mistakes point at the place."""
+
+import pytest
+
+import einderiv as ed
+
+VALID = [
+    "C_ik = A_ij B_jk",
+    "C_{ik} = A_{ij} B_{jk}",
+    "y_{out,} = W_{out,in} x_{in,}",
+    "y_{out,b} = W_{out,in} x_{in,b}",
+    "C_ik = A_ij * B_jk",
+    "y_i = A_ij x_j + b_i",
+    "y_i = A_ij x_j - b_i",
+    "L = -y_i log(p_i)",
+    "L = (x_i - y_i)^2",
+    "y_i = x_i^0.5 + x_i^(-1) + x_i^a",
+    "y_i = exp(z_i) / sum_j(exp(z_j))",
+    "y_i = tanh(sum_j(W_ij x_j) + b_i)",
+    "t = A_ii",
+    "d_i = A_ii",
+    "C_ij = delta_ij + A_ij",
+    "C_ij = δ_ij a + A_ij",
+    "y = 1e-3 x + 2 z + .5 w",
+    "h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2",
+    "h_i = x_i\n\n# a comment\nL = h_i h_i  # trailing comment\n",
+    "L = α_i β_i",
+    "L = sum_{ij}(A_ij)",
+    "L = sum_{a,b}(M_{a,b})",
+    "y_i = " + " + ".join(f"{f}(x_i)" for f in
+                          "exp log sqrt sin cos tan tanh sinh cosh sigmoid softplus relu abs".split()),
+    "y_i = a (x_i + b_i)",
+    "y_i = -x_i^2",
+]
+
+
+@pytest.mark.parametrize("src", VALID)
+def test_valid_formulas_parse(src):
+    prog = ed.parse(src)
+    assert prog.statements
+
+
+def test_text_shows_explicit_sums():
+    assert str(ed.parse("C_ik = A_ij B_jk")) == "C_ik = sum_j(A_ij B_jk)"
+    assert str(ed.parse("y_i = tanh(W_ij x_j + b_i)")) == "y_i = sum_j(tanh(W_ij x_j + b_i))"
+    assert str(ed.parse("y_i = tanh(sum_j(W_ij x_j) + b_i)")) == "y_i = tanh(sum_j(W_ij x_j) + b_i)"
+
+
+def test_precedence():
+    # ^ binds tighter than unary minus
+    assert str(ed.parse("y_i = -x_i^2")) == "y_i = -x_i^2"
+    # products and quotients left to right: x / z w = (x / z) w
+    assert ed.parse("y_i = x_i / z_i w_i") == ed.parse("y_i = x_i w_i / z_i")
+
+
+def test_brace_forms_are_the_same():
+    assert ed.parse("C_ik = A_ij B_jk") == ed.parse("C_{ik} = A_{ij} B_{jk}")
+    assert ed.parse("C_ik = A_ij B_jk") == ed.parse("C_{i,k} = A_{i,j} B_{j,k}")
+
+
+def test_renamed_dummies_are_equal():
+    assert ed.parse("L = x_i A_ij x_j") == ed.parse("L = x_k A_kl x_l")
+
+
+def test_y_out_is_three_indices():
+    prog = ed.parse("y_{out} = x_o x_u x_t")
+    assert prog.indices == ("o", "u", "t")
+
+
+@pytest.mark.parametrize("src, line, column", [
+    ("C_ik = A_ij B_jk +", 1, 19),
+    ("C_ik = (A_ij B_jk", 1, 18),
+    ("C_ik = A_ij B_jk)", 1, 17),
+    ("h_i = x_i\nL = h_i $ 2", 2, 9),
+    ("C_ik == A_ij", 1, 7),
+])
+def test_syntax_errors_point_at_the_place(src, line, column):
+    with pytest.raises(ed.EinderivSyntaxError) as info:
+        ed.parse(src)
+    err = info.value
+    assert (err.line, err.column) == (line, column)
+    message = str(err)
+    assert f"line {line}, column {column}" in message
+    caret_line = message.splitlines()[-1]
+    source_line = message.splitlines()[-2]
+    assert caret_line.strip() == "^"
+    assert caret_line.index("^") == 2 + column - 1
+    assert source_line.startswith("  ")
+
+
+def test_unknown_function_lists_the_valid_ones():
+    with pytest.raises(ed.EinderivError, match="unknown function 'foo'.*tanh"):
+        ed.parse("y_i = foo(x_i)")
+
+
+def test_name_defined_twice():
+    with pytest.raises(ed.EinderivError, match="defined twice"):
+        ed.parse("h_i = x_i; h_i = y_i")
+
+
+def test_no_underscore_inside_names():
+    with pytest.raises(ed.EinderivError):
+        ed.parse("L = my_var_i")
+
+
+def test_deep_nesting_is_refused_cleanly():
+    src = "L = " + "exp(" * 1000 + "x" + ")" * 1000
+    with pytest.raises(ed.EinderivError, match="nests deeper"):
+        ed.parse(src)
+
+
+def test_deep_parentheses_collapse():
+    src = "L = " + "(" * 1000 + "x_i y_i" + ")" * 1000
+    assert ed.parse(src) == ed.parse("L = x_i y_i")
+
+
+def test_long_sums_do_not_recurse():
+    src = "L = " + " + ".join(f"x{k}" for k in range(3000))
+    prog = ed.parse(src)
+    assert len(prog.output.expr.terms) == 3000
+
+
+def test_empty_program():
+    with pytest.raises(ed.EinderivError, match="empty"):
+        ed.parse("  # nothing\n")
+
+
+def test_reserved_words():
+    with pytest.raises(ed.EinderivError, match="reserved"):
+        ed.parse("exp = x")
+    with pytest.raises(ed.EinderivError, match="reserved"):
+        ed.parse("y = sum_i + 1")
+
+
+def test_delta_alone_needs_sizes():
+    with pytest.raises(ed.EinderivError, match="sizes="):
+        ed.parse("C_ij = delta_ij")
+    prog = ed.parse("C_ij = delta_ij", sizes={"i": 3})
+    import numpy as np
+    assert np.array_equal(prog.evaluate(), np.eye(3))

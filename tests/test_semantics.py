@@ -1,0 +1,107 @@
+"""Einsum semantics term by term (SPEC §2), checked against numpy.einsum."""
+
+import numpy as np
+import pytest
+
+import einderiv as ed
+
+rng = np.random.default_rng(7)
+A = rng.normal(size=(3, 4))
+B = rng.normal(size=(4, 5))
+S = rng.normal(size=(4, 4))
+x = rng.normal(size=4)
+y = rng.normal(size=4)
+b = rng.normal(size=3)
+c = rng.normal(size=3)
+
+CASES = [
+    ("C_ik = A_ij B_jk", dict(A=A, B=B), lambda: A @ B),
+    ("C_ij = A_ij A_ij", dict(A=A), lambda: A * A),
+    ("t = S_ii", dict(S=S), lambda: np.trace(S)),
+    ("d_i = S_ii", dict(S=S), lambda: np.diag(S)),
+    ("L = x_i S_ij x_j", dict(x=x, S=S), lambda: x @ S @ x),
+    ("y_i = A_ij x_j + b_i", dict(A=A, x=x, b=b), lambda: A @ x + b),
+    ("L = (x_i - y_i)^2", dict(x=x, y=y), lambda: np.sum((x - y) ** 2)),
+    ("C_ij = A_ij + b_i", dict(A=A, b=b), lambda: A + b[:, None]),
+    # the group is part of its term: b_i is summed over j too (times the size of j)
+    ("y_i = (A_ij x_j + b_i) c_i", dict(A=A, x=x, b=b, c=c), lambda: (A @ x + 4 * b) * c),
+    ("y_i = (sum_j(A_ij x_j) + b_i) c_i", dict(A=A, x=x, b=b, c=c), lambda: (A @ x + b) * c),
+    # a function without an explicit sum is summed outside the function
+    ("y_i = tanh(A_ij x_j + b_i)", dict(A=A, x=x, b=b),
+     lambda: np.tanh(A * x[None, :] + b[:, None]).sum(axis=1)),
+    ("y_i = tanh(sum_j(A_ij x_j) + b_i)", dict(A=A, x=x, b=b), lambda: np.tanh(A @ x + b)),
+    ("L = log(sum_i(exp(x_i)))", dict(x=x), lambda: np.log(np.exp(x).sum())),
+    ("p_i = exp(x_i) / sum_j(exp(x_j))", dict(x=x), lambda: np.exp(x) / np.exp(x).sum()),
+    ("z_i = x_i / y_i x_i", dict(x=x, y=y), lambda: x / y * x),
+    ("y_i = -x_i^2", dict(x=x), lambda: -(x ** 2)),
+    ("y_i = x_i^a", dict(x=np.abs(x) + 0.1, a=np.array(1.7)), lambda: (np.abs(x) + 0.1) ** 1.7),
+    ("C_ij = δ_ij x_i", dict(x=x), lambda: np.diag(x)),
+    ("L = sum_i(x_i) sum_i(y_i)", dict(x=x, y=y), lambda: x.sum() * y.sum()),
+    ("h_i = tanh(sum_j(A_ij x_j)); L = (h_i - b_i)^2", dict(A=A, x=x, b=b),
+     lambda: np.sum((np.tanh(A @ x) - b) ** 2)),
+    ("C_bik = P_bij Q_bjk", dict(P=rng.normal(size=(2, 3, 4)), Q=rng.normal(size=(2, 4, 5))), None),
+    ("y = 2 + 3", {}, lambda: 5.0),
+    ("Y_ij = x_i y_j", dict(x=x, y=y), lambda: np.outer(x, y)),
+]
+
+
+@pytest.mark.parametrize("src, arrays, expected", CASES, ids=[c[0] for c in CASES])
+def test_value_matches_numpy(src, arrays, expected):
+    got = ed.parse(src).evaluate(**arrays)
+    if expected is None:
+        expected = lambda: np.einsum("bij,bjk->bik", arrays["P"], arrays["Q"])  # noqa: E731
+    np.testing.assert_allclose(got, expected(), rtol=1e-12, atol=1e-12)
+
+
+def test_sizes_for_an_index_no_array_carries():
+    prog = ed.parse("C_ij = x_i", sizes={"j": 5})
+    assert prog.evaluate(x=x).shape == (4, 5)
+    prog = ed.parse("C_ij = x_i", sizes={"j": 2})
+    assert prog.evaluate(x=x, sizes={"j": 2}).shape == (4, 2)
+
+
+def test_missing_lhs_size_is_an_error():
+    with pytest.raises(ed.EinderivError, match="index 'j'.*sizes="):
+        ed.parse("C_ij = x_i")
+
+
+def test_unknown_sizes_key():
+    with pytest.raises(ed.EinderivError, match="'z'"):
+        ed.parse("y_i = x_i", sizes={"z": 3})
+
+
+def test_inputs_and_indices():
+    prog = ed.parse("h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2")
+    assert prog.inputs == ("W", "x", "t")
+    assert prog.indices == ()
+    assert prog.outputs == ("L",)
+
+
+def test_intermediate_with_other_index_names():
+    prog = ed.parse("h_i = x_i; L = h_k S_kl h_l")
+    np.testing.assert_allclose(prog.evaluate(x=x, S=S), x @ S @ x)
+
+
+def test_intermediate_used_with_wrong_number_of_indices():
+    with pytest.raises(ed.EinderivError, match="'h' has 1 indices"):
+        ed.parse("h_i = x_i; L = h_ij")
+
+
+def test_input_used_with_two_numbers_of_indices():
+    with pytest.raises(ed.EinderivError, match="input 'x'"):
+        ed.parse("L = x_i + x_ij")
+
+
+def test_used_before_defined():
+    with pytest.raises(ed.EinderivError, match="used before"):
+        ed.parse("L = h_i h_i; h_i = x_i")
+
+
+def test_self_reference():
+    with pytest.raises(ed.EinderivError, match="own definition"):
+        ed.parse("h_i = h_i + x_i")
+
+
+def test_exponent_with_indices():
+    with pytest.raises(ed.EinderivError, match="exponent"):
+        ed.parse("y_i = x_i^z_i")
