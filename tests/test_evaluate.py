@@ -1,0 +1,174 @@
+"""Evaluation: cached plans, δ written through diagonal views, input checks, backends."""
+
+import tracemalloc
+
+import numpy as np
+import opt_einsum as oe
+import pytest
+
+import einderiv as ed
+from einderiv import evaluate as ev
+
+rng = np.random.default_rng(3)
+
+
+def test_second_evaluate_does_no_path_search_and_no_parsing(monkeypatch):
+    d = ed.diff("L = (sum_j(A_ij x_j) - b_i)^2", wrt="x")
+    A, x, b = rng.normal(size=(5, 4)), rng.normal(size=4), rng.normal(size=5)
+    first = d.evaluate(A=A, x=x, b=b)
+    calls = []
+    monkeypatch.setattr(oe, "contract_path", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(oe, "contract_expression", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    import einderiv.parser as parser
+    monkeypatch.setattr(parser, "parse_text", lambda *a: calls.append(a))
+    second = d.evaluate(A=A, x=x, b=b)
+    assert calls == []
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(second, 2 * A.T @ (A @ x - b), rtol=1e-12)
+
+
+def test_new_shapes_compile_a_new_plan():
+    d = ed.diff("C_ik = A_ij B_jk", wrt="A_pq")
+    for m in (2, 3):
+        A, B = rng.normal(size=(m, 4)), rng.normal(size=(4, 5))
+        assert d.evaluate(A=A, B=B).shape == (m, 5, m, 4)
+
+
+@pytest.mark.parametrize("src, wrt, shapes", [
+    ("C_ik = A_ij B_jk", "A_pq", dict(A=(40, 32), B=(32, 36))),
+    ("C_bik = A_bij B_bjk", "A", dict(A=(8, 12, 14), B=(8, 14, 16))),
+    ("y_i = tanh(sum_j(W_ij x_j) + b_i)", "W", dict(W=(120, 100), x=(100,), b=(120,))),
+])
+def test_delta_jacobians_are_never_materialized_through_an_identity(src, wrt, shapes):
+    d = ed.diff(src, wrt=wrt)
+    arrays = {k: rng.normal(size=s) for k, s in shapes.items()}
+    d.evaluate(**arrays)  # compile
+    tracemalloc.start()
+    out = d.evaluate(**arrays)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    inputs = sum(a.nbytes for a in arrays.values())
+    assert peak <= 1.2 * (inputs + out.nbytes), (peak, inputs, out.nbytes)
+
+
+def test_delta_result_values():
+    A, B = rng.normal(size=(3, 4)), rng.normal(size=(4, 5))
+    J = ed.diff("C_ik = A_ij B_jk", wrt="A_pq").evaluate(A=A, B=B)
+    np.testing.assert_array_equal(J, np.einsum("ip,qk->ikpq", np.eye(3), B))
+
+
+def test_intermediates_are_computed_once(monkeypatch):
+    calls = []
+    real = np.tanh
+    from einderiv import functions
+    monkeypatch.setattr(functions.FUNCTIONS["tanh"], "numpy", None, raising=False) if False else None
+    entry = functions.FUNCTIONS["tanh"]
+    counting = lambda u: calls.append(1) or real(u)  # noqa: E731
+    object.__setattr__(entry, "numpy", counting)
+    try:
+        d = ed.diff("h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2 + h_i", wrt="W")
+        W, x, t = rng.normal(size=(3, 4)), rng.normal(size=4), rng.normal(size=3)
+        d.evaluate(W=W, x=x, t=t)
+    finally:
+        object.__setattr__(entry, "numpy", real)
+    assert len(calls) == 1
+
+
+def test_missing_input():
+    with pytest.raises(ed.InputError, match="missing input array: B"):
+        ed.parse("C_ik = A_ij B_jk").evaluate(A=np.ones((2, 3)))
+
+
+def test_extra_input():
+    with pytest.raises(ed.InputError, match="unexpected input: Z"):
+        ed.parse("C_ik = A_ij B_jk").evaluate(A=np.ones((2, 3)), B=np.ones((3, 4)), Z=1)
+
+
+def test_wrong_number_of_axes():
+    with pytest.raises(ed.InputError, match="'A' has 1 axis.*2 indices"):
+        ed.parse("C_ik = A_ij B_jk").evaluate(A=np.ones(3), B=np.ones((3, 4)))
+
+
+def test_size_mismatch_names_index_tensors_and_sizes():
+    with pytest.raises(ed.IndexSizeError) as info:
+        ed.parse("C_ik = A_ij B_jk").evaluate(A=np.ones((2, 3)), B=np.ones((4, 5)))
+    message = str(info.value)
+    for part in ("'j'", "A", "B", "3", "4"):
+        assert part in message
+
+
+def test_no_silent_broadcasting_across_terms():
+    with pytest.raises(ed.IndexSizeError):
+        ed.parse("C_ij = A_ij + B_ij").evaluate(A=np.ones((2, 3)), B=np.ones((2, 1)))
+
+
+def test_sizes_disagreeing_with_arrays():
+    prog = ed.parse("y_i = x_i", sizes={"i": 3})
+    with pytest.raises(ed.IndexSizeError, match="sizes gives index 'i' size 3"):
+        prog.evaluate(x=np.ones(4))
+
+
+def test_integer_inputs_are_promoted_and_float32_is_kept():
+    prog = ed.parse("C_ik = A_ij B_jk")
+    out = prog.evaluate(A=np.ones((2, 3), dtype=int), B=np.ones((3, 4), dtype=int))
+    assert out.dtype == np.float64
+    d = ed.diff("C_ik = A_ij B_jk", wrt="A")
+    out32 = d.evaluate(A=np.ones((2, 3), np.float32), B=np.ones((3, 4), np.float32))
+    assert out32.dtype == np.float32
+
+
+def test_complex_is_a_clear_error():
+    with pytest.raises(ed.InputError, match="complex"):
+        ed.parse("y_i = x_i").evaluate(x=np.ones(3, complex))
+
+
+def test_memory_guard():
+    d = ed.diff("C_ik = A_ij B_jk", wrt="A")
+    with pytest.raises(ed.EinderivError, match=r"shape \(1000, 1000, 1000, 1000\).*memory limit"):
+        d.evaluate(A=np.ones((1000, 1000)), B=np.ones((1000, 1000)), max_bytes=10**9)
+    ed.set_memory_limit(10**6)
+    try:
+        with pytest.raises(ed.EinderivError, match="memory limit"):
+            ed.diff("C_ik = A_ij B_jk", wrt="A").evaluate(A=np.ones((30, 30)), B=np.ones((30, 30)))
+    finally:
+        ed.set_memory_limit(None)
+
+
+def test_nan_and_inf_propagate():
+    out = ed.parse("y_i = exp(x_i)").evaluate(x=np.array([np.nan, np.inf, 0.0]))
+    assert np.isnan(out[0]) and np.isinf(out[1]) and out[2] == 1.0
+
+
+def test_zero_size_axes():
+    out = ed.diff("C_ik = A_ij B_jk", wrt="A").evaluate(A=np.ones((0, 3)), B=np.ones((3, 2)))
+    assert out.shape == (0, 2, 0, 3)
+
+
+@pytest.mark.parametrize("src, wrt", [
+    ("C_ik = A_ij B_jk", "A"),
+    ("L = x_i A_ij x_j", ["x", "x"]),
+    ("y_i = tanh(sum_j(A_ij x_j) + b_i)", "A"),
+    ("L = log(sum_i(exp(x_i)))", ["x", "x"]),
+])
+@pytest.mark.parametrize("backend", ["torch", "jax", "dask"])
+def test_backends_agree_with_numpy(src, wrt, backend):
+    lib = pytest.importorskip({"torch": "torch", "jax": "jax", "dask": "dask.array"}[backend])
+    d = ed.diff(src, wrt=wrt)
+    shapes = {"A": (3, 3), "B": (3, 2), "x": (3,), "b": (3,)}
+    arrays = {n: rng.normal(size=shapes[n]) for n in d.inputs}
+    expected = d.evaluate(**arrays)
+    if backend == "torch":
+        converted = {k: lib.tensor(v) for k, v in arrays.items()}
+    elif backend == "jax":
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        converted = {k: jax.numpy.asarray(v) for k, v in arrays.items()}
+    else:
+        converted = {k: lib.from_array(v, chunks=2) for k, v in arrays.items()}
+    got = d.evaluate(backend=backend, **converted)
+    if backend == "torch":
+        assert isinstance(got, lib.Tensor)
+        got = got.numpy()
+    elif backend == "dask":
+        got = got.compute()
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-10, atol=1e-12)
