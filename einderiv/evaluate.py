@@ -483,7 +483,8 @@ def _fresh_copy(value, coeff, xp, dtype):
         return out.contiguous()
     if coeff == 1.0:
         return np.array(value, dtype=np.result_type(value.dtype, dtype), copy=True)
-    return np.multiply(value, coeff, dtype=np.result_type(value.dtype, dtype))
+    # a 0-d result must stay an array so that later terms can be added in place
+    return np.asarray(np.multiply(value, coeff, dtype=np.result_type(value.dtype, dtype)))
 
 
 def _zeros(shape, dtype, xp, env, refs):

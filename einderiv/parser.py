@@ -27,7 +27,7 @@ RESERVED = set(USER_FUNCTIONS) | {"sum", *DELTA_NAMES}
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """A syntax-tree node: kind in {num, tensor, delta, call, sum, add, mul, neg, pow}."""
+    """A syntax-tree node: kind in {num, tensor, delta, call, sum, add, mul, neg, pow, group}."""
     kind: str
     value: object          # number, (name, indices), function name, summed indices ...
     children: tuple        # child nodes; for add/mul: tuple of (op, node)
@@ -127,6 +127,8 @@ class _Build(Transformer):
 
     def group(self, children):
         (inner,) = children
+        if inner.kind == "add":  # keep (a + b) one term of an enclosing sum
+            return Node("group", None, (inner,), inner.line, inner.column, inner.depth + 1)
         return inner
 
     def call(self, children):

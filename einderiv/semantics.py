@@ -221,6 +221,8 @@ def _build_statement(text, st: Stmt, n, dim, defined) -> Expr:
                     e = S.power(e, S.const(-1))
                 parts.append(e)
             return S.mul(*parts)
+        if kind == "group":
+            return build(node.children[0])
         if kind == "neg":
             return S.scale(build(node.children[0]), -1)
         if kind == "pow":

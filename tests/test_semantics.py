@@ -41,6 +41,9 @@ CASES = [
      lambda: np.sum((np.tanh(A @ x) - b) ** 2)),
     ("C_bik = P_bij Q_bjk", dict(P=rng.normal(size=(2, 3, 4)), Q=rng.normal(size=(2, 4, 5))), None),
     ("y = 2 + 3", {}, lambda: 5.0),
+    # a parenthesized sum is one term: summed as a whole, the 1 included (n - Σ y)
+    ("L = (1 - y_i)", dict(y=y), lambda: 4 - y.sum()),
+    ("L = -x_i log(y_i^2) - (1 - x_i) y_i", dict(x=x, y=y), lambda: -(x * np.log(y ** 2)).sum() - ((1 - x) * y).sum()),
     ("Y_ij = x_i y_j", dict(x=x, y=y), lambda: np.outer(x, y)),
 ]
 
