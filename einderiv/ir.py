@@ -42,7 +42,7 @@ class Tensor:
     """An input or intermediate tensor ``A_ij``; repeated indices read its diagonal."""
     name: str
     indices: tuple[str, ...]
-    dims: tuple = field(compare=False, default=())
+    dims: tuple = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class Delta:
     """The Kronecker delta ``δ_ab`` (``a < b``); ``dim`` is the dimension both run over."""
     a: str
     b: str
-    dim: DimRef = field(compare=False)
+    dim: DimRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,14 @@ class Func:
     """An elementwise function of an expression: its indices are the argument's."""
     name: str
     arg: "Expr"
+    _hash: int = field(default=0, compare=False, repr=False)
+
+    def __hash__(self):
+        h = self._hash
+        if not h:
+            h = hash((self.name, self.arg)) or 1
+            object.__setattr__(self, "_hash", h)
+        return h
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,14 @@ class Power:
     """``base ^ exponent`` elementwise; the exponent is an expression without indices."""
     base: "Expr"
     exponent: "Expr"
+    _hash: int = field(default=0, compare=False, repr=False)
+
+    def __hash__(self):
+        h = self._hash
+        if not h:
+            h = hash((self.base, self.exponent)) or 1
+            object.__setattr__(self, "_hash", h)
+        return h
 
 
 Factor = Union[Tensor, Delta, Size, Func, Power]
@@ -82,6 +98,14 @@ class Term:
     """``coeff · f1 · f2 ···``, summed over its indices that its Expr does not carry."""
     coeff: Number
     factors: tuple
+    _hash: int = field(default=0, compare=False, repr=False)
+
+    def __hash__(self):
+        h = self._hash
+        if not h:
+            h = hash((self.coeff, self.factors)) or 1
+            object.__setattr__(self, "_hash", h)
+        return h
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +114,14 @@ class Expr:
     indices: tuple[str, ...]
     dims: tuple[DimRef, ...]
     terms: tuple[Term, ...]
+    _hash: int = field(default=0, compare=False, repr=False)
+
+    def __hash__(self):
+        h = self._hash
+        if not h:
+            h = hash((self.indices, self.dims, self.terms)) or 1
+            object.__setattr__(self, "_hash", h)
+        return h
 
     def dim_of(self, index: str) -> DimRef:
         return self.dims[self.indices.index(index)]

@@ -387,7 +387,7 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
         wrt_user_idx.append(given)
         current = _jacobian_pass(current, statements, name, private, dims, derived, inputs, members)
     result = rename_expr(current, renames)
-    result = fold_intermediates(result, list(statements.values()))
+    result = S.factor_common(fold_intermediates(result, list(statements.values())))
     order = _layout_order(layout, out_idx, wrt_user_idx)
     dim_map = result.dim_map
     for i in order:
@@ -542,7 +542,7 @@ def differential(src, of=None, sizes=None) -> Program:
 
     dstatements = []
     for st in statements.values():
-        e = fold_intermediates(derive(st.expr, seed, {}), list(statements.values()))
+        e = S.factor_common(fold_intermediates(derive(st.expr, seed, {}), list(statements.values())))
         nonzero.add(st.name)
         dstatements.append(Statement("d" + st.name, st.indices, st.dims, e))
     all_st = {**statements, **{s.name: s for s in dstatements}}
@@ -613,7 +613,7 @@ def vjp(src, wrt, cotangent="G", of=None, sizes=None) -> Program:
                 continue
             e = bars.pop(st.name)
             bname = bar_name(st.name)
-            bar_statements.append(Statement(bname, st.indices, st.dims, e))
+            bar_statements.append(Statement(bname, st.indices, st.dims, S.factor_common(e)))
             carriers[st.name] = Tensor(bname, st.indices, st.dims)
         carrier = carriers[st.name]
         carrier_expr = S.factor_expr(carrier)
@@ -641,7 +641,7 @@ def vjp(src, wrt, cotangent="G", of=None, sizes=None) -> Program:
         else:
             e = bars.get(w, S.zero(dict(zip(idx, dims))))
         name = bar_name(w) if w not in carriers else "↦" + w
-        results.append(Statement(name, idx, dims, S.expr(dict(zip(idx, dims)), e.terms)))
+        results.append(Statement(name, idx, dims, S.factor_common(S.expr(dict(zip(idx, dims)), e.terms))))
         keys[name] = w
     all_st = {**statements, **{s.name: s for s in bar_statements}}
     needed = _needed(all_st, [r.expr for r in results])

@@ -43,7 +43,21 @@ def _name(index, mask):
     return "*" if index in mask else index
 
 
+_KEYS: dict = {}
+
+
 def factor_key(factor, mask=frozenset()):
+    """A sortable key of a factor (summed indices in ``mask`` shown as ``*``), memoized."""
+    cache_key = (factor, mask)
+    key = _KEYS.get(cache_key)
+    if key is None:
+        if len(_KEYS) > 200000:
+            _KEYS.clear()
+        key = _KEYS[cache_key] = _factor_key(factor, mask)
+    return key
+
+
+def _factor_key(factor, mask):
     if isinstance(factor, Size):
         return (0, factor.dim)
     if isinstance(factor, Delta):
@@ -304,6 +318,9 @@ def _canonicalize(coeff, factors: list, free: set) -> Term:
             for index in _index_sequence(factors[k]):
                 if index in dummies and index not in mapping:
                     mapping[index] = next(names)
+        if all(mapping[d] == d for d in dummies):
+            factors.sort(key=factor_key)
+            return Term(coeff, tuple(factors))
         # two-step rename so canonical names never capture each other
         temp = {d: fresh_index() for d in dummies}
         factors = [rename_factor(f, temp) for f in factors]
@@ -313,28 +330,38 @@ def _canonicalize(coeff, factors: list, free: set) -> Term:
     return Term(coeff, tuple(factors))
 
 
-def normalize_term(coeff, factors, free: set) -> Term | None:
+_NORMAL: dict = {}
+
+
+def normalize_term(coeff, factors, free) -> Term | None:
     """Simplify one product in the context of the free indices ``free``; None if zero."""
     coeff = _number(coeff)
     if coeff == 0:
         return None
-    flat = []
+    key = (tuple(factors), frozenset(free))
+    hit = _NORMAL.get(key)
+    if hit is None:
+        if len(_NORMAL) > 100000:
+            _NORMAL.clear()
+        hit = _NORMAL[key] = _normalize_factors(list(factors), key[1])
+    if hit is False:
+        return None
+    multiplier, canonical = hit
+    return Term(_number(coeff * multiplier) if multiplier != 1 else coeff, canonical)
+
+
+def _normalize_factors(factors: list, free):
+    """(multiplier, canonical factors) of a product, or False when it is zero."""
+    coeff = ONE
     for f in factors:
-        if isinstance(f, Size):
-            flat.append(f)
-            continue
-        if isinstance(f, (Func, Power)):
-            inner = f.arg if isinstance(f, Func) else f.base
-            if is_zero(inner) and isinstance(f, Power):
-                n = const_value(f.exponent)
-                if n is not None and n > 0:
-                    return None
-        flat.append(f)
-    factors = flat
+        if isinstance(f, Power) and is_zero(f.base):
+            n = const_value(f.exponent)
+            if n is not None and n > 0:
+                return False
     if any(isinstance(f, Delta) for f in factors):
         before = [f for f in factors if isinstance(f, (Func, Power))]
         _eliminate_deltas(factors, free)
-        if any(isinstance(f, (Func, Power)) for f in factors) and before:
+        if before and any(isinstance(f, (Func, Power)) for f in factors):
             rebuilt = []
             for f in factors:
                 if isinstance(f, (Func, Power)) and f not in before:
@@ -343,7 +370,7 @@ def normalize_term(coeff, factors, free: set) -> Term | None:
                         rebuilt.append(f)
                         continue
                     if not terms:
-                        return None
+                        return False
                     (t,) = terms
                     coeff = _number(coeff * t.coeff)
                     rebuilt.extend(t.factors)
@@ -351,7 +378,8 @@ def normalize_term(coeff, factors, free: set) -> Term | None:
                     rebuilt.append(f)
             factors = rebuilt
     factors = _merge_powers(factors, free)
-    return _canonicalize(coeff, factors, free)
+    term = _canonicalize(coeff, factors, free)
+    return term.coeff, term.factors
 
 
 def expr(dims: dict, terms) -> Expr:
@@ -517,3 +545,61 @@ def power(base: Expr, exponent: Expr) -> Expr:
                 inner = Expr(base.indices, base.dims, (Term(ONE, t.factors),))
                 return scale(power(inner, exponent), _number(float(t.coeff) ** float(n)))
     return expr(dims, [Term(ONE, (Power(base, exponent),))])
+
+
+def factor_common(e: Expr) -> Expr:
+    """Take a factor shared by several terms out of them: Σ_t c_t r_t f = (Σ_t c_t r_t) f.
+
+    ``sum_i(A_ip X_iq) + sum_i(A_pi X_iq)`` becomes ``sum_i((A_ip + A_pi) X_iq)``: one
+    contraction instead of two, and the matrix form (A + Aᵀ) X shows. Indices of the rest
+    that touch the shared factor or the result stay free in the group; the others are
+    summed inside it. A group never holds a Kronecker delta.
+    """
+    terms = list(e.terms)
+    free = set(e.indices)
+    while len(terms) > 1:
+        best = None
+        counts: dict = {}
+        for n, t in enumerate(terms):
+            for f in dict.fromkeys(t.factors):
+                if isinstance(f, Size):
+                    continue
+                rest = list(t.factors)
+                rest.remove(f)
+                if any(isinstance(g, Delta) for g in rest):
+                    continue
+                counts.setdefault(f, []).append(n)
+        for f, members in counts.items():
+            if len(members) >= 2 and (best is None or len(members) > len(counts[best])):
+                best = f
+        if best is None:
+            break
+        members = counts[best]
+        keep = set(factor_indices(best)) | free
+        group_dims = {}
+        inner_terms = []
+        for n in members:
+            t = terms[n]
+            rest = list(t.factors)
+            rest.remove(best)
+            dims = term_dims(rest)
+            for i in term_indices(Term(ONE, tuple(rest))):
+                if i in keep:
+                    group_dims[i] = dims[i]
+            inner_terms.append(Term(t.coeff, tuple(rest)))
+        all_dims = {**term_dims([best]), **e.dim_map}
+        for i in keep:
+            if i in all_dims:
+                pass
+        inner = factor_common(expr(group_dims, inner_terms))
+        if is_zero(inner):
+            terms = [t for k, t in enumerate(terms) if k not in members]
+            continue
+        grouped = group(inner)
+        new_terms = [Term(gt.coeff, gt.factors + (best,)) for gt in grouped.terms]
+        if len(grouped.terms) > 1:  # a δ inside: nothing gained
+            break
+        terms = [t for k, t in enumerate(terms) if k not in members] + new_terms
+    if len(terms) == len(e.terms) and all(a is b for a, b in zip(terms, e.terms)):
+        return e
+    return expr(e.dim_map, terms)
