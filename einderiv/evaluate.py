@@ -236,10 +236,13 @@ def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict) ->
                 other_name, other_axis, other_n = seen[d]
                 index = _index_name(members, d, name, axis)
                 other_index = _index_name(members, d, other_name, other_axis)
+                if index == other_index:
+                    raise IndexSizeError(
+                        f"index '{index}' has size {other_n} in {other_name} (axis {other_axis}) "
+                        f"but {n} in {name} (axis {axis})")
                 raise IndexSizeError(
-                    f"index '{index}' has size {n} in {name} (axis {axis}) but index "
-                    f"'{other_index}' of the same dimension has size {other_n} in "
-                    f"{other_name} (axis {other_axis})")
+                    f"index '{other_index}' has size {other_n} in {other_name} (axis {other_axis}) "
+                    f"but index '{index}', which runs along it, has size {n} in {name} (axis {axis})")
             dim_size.setdefault(d, n)
             seen.setdefault(d, (name, axis, n))
     for d, group in members.items():
