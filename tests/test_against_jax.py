@@ -154,7 +154,19 @@ CASES = [
          "", {"W": (I, J), "x": (J,), "b": (I,), "y": (I,)},
          lambda W, x, b, y: -jnp.sum(y * jnp.log(sig(W @ x + b)))
          - jnp.sum((1 - y) * jnp.log(1 - sig(W @ x + b))), ["W", "b"], unit=("y",)),
+    Case("variance-program", "m = sum_i(x_i) / 4; v_i = x_i - m; L = v_i v_i", "", {"x": (J,)},
+         lambda x: jnp.sum((x - jnp.mean(x)) ** 2), ["x"]),
+    Case("scalar-intermediate-exponent", "s = x_i x_i; y_i = x_i^s", "i", {"x": (I,)},
+         lambda x: x ** (x @ x), ["x"], positive=("x",)),
+    Case("batched-matmul-loss", "C_bik = A_bij B_bjk; L = C_bik C_bik", "",
+         {"A": (K, K, I), "B": (K, I, K)},
+         lambda A, B: jnp.sum(jnp.einsum("bij,bjk->bik", A, B) ** 2), ["A", "B"]),
     # -- attention
+    Case("attention-loss",
+         "S_ij = Q_id K_jd; P_ij = exp(S_ij) / sum_k(exp(S_ik)); L = P_ij V_ij", "",
+         {"Q": (I, K), "K": (J, K), "V": (I, J)},
+         lambda Q, K, V: jnp.sum(jax.nn.softmax(Q @ K.T, axis=1) * V), ["Q", "K"]),
+
     Case("attention-scores-softmax",
          "S_ij = Q_id K_jd; P_ij = exp(S_ij) / sum_k(exp(S_ik))", "ij",
          {"Q": (I, K), "K": (J, K)},

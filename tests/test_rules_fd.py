@@ -374,6 +374,83 @@ def test_structure(case):
     check_diff(src, wrt, arrays, fref, out=out)
 
 
+def test_size_from_sizes_argument():
+    """C_ij = a_i: j is carried by no array, its size comes from sizes= (SPEC 2)."""
+    arrays = random_inputs({"a": (I,), "b": (I,)}, seed=81)
+    d = ed.diff("C_ij = a_i b_i", wrt="a_p", sizes={"j": 5})
+    assert tuple(d.indices) == ("i", "j", "p")
+    ref = fd_jacobian(lambda a, b: np.repeat((a * b)[:, None], 5, axis=1), arrays, "a")
+    try:
+        got = np.asarray(d.evaluate(**{k: arrays[k] for k in d.inputs}))
+    except ed.EinderivError:
+        got = np.asarray(d.evaluate(**{k: arrays[k] for k in d.inputs}, sizes={"j": 5}))
+    assert_close(got, ref, what="sizes=")
+
+
+def test_delta_ii_is_the_size():
+    """delta_ii is the size of i (given with sizes=, no array carries i)."""
+    arrays = random_inputs({"x": (J,)}, seed=82)
+    d = ed.diff("L = delta_ii x_j x_j", wrt="x_p", sizes={"i": I})
+    assert tuple(d.indices) == ("p",)
+    ref = fd_jacobian(lambda x: I * (x @ x), arrays, "x")
+    assert_close(evaluate(d, arrays, ref.shape), ref, what="delta_ii")
+    # delta_ii in a product with a tensor carrying i: einsum 'ii,i,j,j->'
+    check_diff("L = delta_ii x_i x_j x_j", "x_p", random_inputs({"x": (I,)}, seed=83),
+               lambda x: np.sum(x) * (x @ x), out="")
+
+
+def test_transpose_and_surviving_deltas():
+    arrays = random_inputs({"A": (I, J)}, seed=83)
+    check_diff("C_ij = A_ji", "A_pq", arrays, lambda A: A.T.copy(), out="ij")
+    arrays = random_inputs({"A": (I, I)}, seed=84)
+    check_diff("C_ij = A_ij + A_ji", "A_pq", arrays, lambda A: A + A.T, out="ij",
+               layout="denominator")
+
+
+def test_greek_names():
+    arrays = {"θ": random_inputs({"t": (I,)}, seed=85)["t"],
+              "x": random_inputs({"x": (I,)}, seed=86)["x"]}
+    check_diff("L = sigmoid(sum_i(θ_i x_i))", "θ_p", arrays,
+               lambda **kw: sigmoid(kw["θ"] @ kw["x"]), out="")
+
+
+def test_evaluate_twice_new_values_and_shapes():
+    """evaluate caches per shapes, never per values; a new shape is a new plan."""
+    src = "y_i = tanh(sum_j(W_ij x_j))"
+    d = ed.diff(src, wrt="W_pq")
+    fref = lambda W, x: np.tanh(W @ x)  # noqa: E731
+    for seed, (m, n) in [(87, (I, J)), (88, (I, J)), (89, (J, K)), (90, (I, J))]:
+        arrays = random_inputs({"W": (m, n), "x": (n,)}, seed=seed)
+        ref = fd_jacobian(fref, arrays, "W")
+        assert_close(evaluate(d, arrays, ref.shape), ref, what=f"evaluate #{seed}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_evaluate_backend(backend):
+    lib = pytest.importorskip(backend)
+    if backend == "jax":
+        lib.config.update("jax_enable_x64", True)
+    arrays = random_inputs({"W": (I, J), "x": (J,), "t": (I,)}, seed=91)
+    d = ed.diff(MLP_SRC_FOR_BACKEND, wrt="W_pq")
+    ref = fd_jacobian(mlp_ref_for_backend, arrays, "W")
+    if backend == "torch":
+        conv = {k: lib.from_numpy(v) for k, v in arrays.items()}
+    else:
+        conv = {k: lib.numpy.asarray(v) for k, v in arrays.items()}
+    out = d.evaluate(**{k: conv[k] for k in d.inputs}, backend=backend)
+    if backend == "torch":
+        assert isinstance(out, lib.Tensor)
+        out = out.detach().cpu().numpy()
+    assert_close(np.asarray(out), ref, what=f"backend={backend}")
+
+
+MLP_SRC_FOR_BACKEND = "h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2"
+
+
+def mlp_ref_for_backend(W, x, t):
+    return np.sum((np.tanh(W @ x) - t) ** 2)
+
+
 # ---------------------------------------------------------------------------
 # programs: chain rule through intermediates, of=
 # ---------------------------------------------------------------------------
@@ -507,6 +584,18 @@ def test_hessian_logsumexp():
 def test_hessian_mlp_matrix():
     arrays = random_inputs({"W": (I, J), "x": (J,), "t": (I,)}, seed=18)
     check_diff(MLP_SRC, ["W_pq", "W_rs"], arrays, mlp_ref, out="")
+
+
+def test_hessian_matrix_denominator_and_explicit():
+    arrays = random_inputs({"W": (I, J), "x": (J,), "t": (I,)}, seed=92)
+    check_diff(MLP_SRC, ["W_pq", "W_rs"], arrays, mlp_ref, out="", layout="denominator")
+    check_diff(MLP_SRC, ["W_pq", "W_rs"], arrays, mlp_ref, out="", layout="rpsq")
+
+
+def test_of_with_denominator_layout():
+    arrays = random_inputs({"W": (I, J), "x": (J,), "t": (I,)}, seed=93)
+    check_diff(MLP_SRC, "W_pq", arrays, lambda W, x, t: np.tanh(W @ x), out="i", of="h",
+               layout="denominator")
 
 
 def test_mixed_second_derivative():
