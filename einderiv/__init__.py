@@ -10,6 +10,7 @@ import sys as _sys
 from .errors import EinderivError, EinderivSyntaxError, IndexSizeError, InputError
 from .evaluate import memory_limit, set_memory_limit
 from .program import Derivative, EinsumTerm, Program, diff, differential, parse, vjp
+from .explain import explain, matrix_form  # noqa: E402 - readable results (issue 3)
 
 __all__ = [
     "parse", "diff", "differential", "vjp", "Program", "Derivative", "EinsumTerm",

@@ -198,6 +198,11 @@ class Program:
             # the first call converts below through the same path as later calls
         return compiled
 
+    def matrix(self):
+        """Matrix notation (``Aᵀ Bᵀ``, ``a bᵀ``, ...), or the reason there is none."""
+        from .export.matrix import matrix_form
+        return matrix_form(self)
+
 
 def _einsum_term(step, term):
     from .evaluate import _subscripts

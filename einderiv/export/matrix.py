@@ -192,7 +192,7 @@ def transpose(node):
         mats = [transpose(f) for f in node.factors if not is_scalar(f)][::-1]
         return Mul(node.coeff, tuple(scalars + mats))
     if isinstance(node, Sum):
-        return Sum(tuple(transpose(t) for t in node.terms))
+        return make_sum([transpose(t) for t in node.terms])  # keeps the order unless A + Aᵀ
     if isinstance(node, Had):
         return Had(tuple(transpose(f) for f in node.factors))
     if isinstance(node, Fn):
@@ -208,7 +208,7 @@ def mul(coeff, *factors) -> Mul:
     """A flattened product; nested single-term products merge into it."""
     out = []
     for f in factors:
-        if isinstance(f, Mul):
+        if isinstance(f, Mul) and (not is_scalar(f) or all(is_scalar(g) for g in f.factors)):
             coeff = coeff * f.coeff
             out.extend(f.factors)
         elif isinstance(f, Sum) and len(f.terms) == 1:
@@ -238,6 +238,13 @@ class Op:
 
     def flipped(self):
         return Op(transpose(self.node), self.col, self.row)
+
+
+def _flip_cost(op, needed) -> int:
+    """Transposing a bare symbol reads better than transposing a product."""
+    if not needed:
+        return 0
+    return 1 if isinstance(op.node, (Sym, Ones, Ident, DiagMat)) else 2
 
 
 def _make_op(node, row, col) -> Op:
@@ -353,33 +360,40 @@ class _Translator:
         return ops, scalars
 
     def _contract(self, ops, free, deg):
+        best = None
         for i, k in deg.items():
             if i in free or k != 2:
                 continue
             a, b = [n for n, op in enumerate(ops) if i in op.indices]
-            left, right = ops[a], ops[b]
-            if set(left.indices) == set(right.indices) and len(left.indices) == 2:
-                other = [j for j in left.indices if j != i][0]
-                if other not in free and deg.get(other) == 2:
-                    # Σ_ij M_ij N_ji = tr(MN)
-                    left = left if left.col == i else left.flipped()
-                    right = right if right.row == i else right.flipped()
-                    ops[a] = Op(Trace(mul(Fraction(1), left.node, right.node)), None, None)
-                    del ops[b]
-                    return True
-            left = left if left.col == i else left.flipped()
-            right = right if right.row == i else right.flipped()
-            product = mul(Fraction(1), left.node, right.node)
-            if left.row is not None and left.row == right.col:
-                new = Op(DiagVec(product), left.row, None)
-            elif left.row is None and right.col is None:
-                new = Op(product, None, None)
-            else:
-                new = Op(product, left.row, right.col)
-            ops[a] = new
-            del ops[b]
-            return True
-        return False
+            for x, y in ((a, b), (b, a)):
+                key = (_flip_cost(ops[x], ops[x].col != i) + _flip_cost(ops[y], ops[y].row != i), x > y)
+                if best is None or key < best[0]:
+                    best = (key, i, x, y)
+        if best is None:
+            return False
+        _, i, a, b = best
+        left, right = ops[a], ops[b]
+        if set(left.indices) == set(right.indices) and len(left.indices) == 2:
+            other = [j for j in left.indices if j != i][0]
+            if other not in free and deg.get(other) == 2:
+                # Σ_ij M_ij N_ji = tr(MN)
+                left = left if left.col == i else left.flipped()
+                right = right if right.row == i else right.flipped()
+                ops[a] = Op(Trace(mul(Fraction(1), left.node, right.node)), None, None)
+                del ops[b]
+                return True
+        left = left if left.col == i else left.flipped()
+        right = right if right.row == i else right.flipped()
+        product = mul(Fraction(1), left.node, right.node)
+        if left.row is not None and left.row == right.col:
+            new = Op(DiagVec(product), left.row, None)
+        elif left.row is None and right.col is None:
+            new = Op(product, None, None)
+        else:
+            new = Op(product, left.row, right.col)
+        ops[min(a, b)] = new
+        del ops[max(a, b)]
+        return True
 
     def _hadamard(self, ops):
         for a, b in itertools.combinations(range(len(ops)), 2):
@@ -470,14 +484,28 @@ def factor_sum(terms):
         left.append(mats[0][0])
         mats = [m[1:] for m in mats]
     if not left and not right:
-        return Sum(tuple(terms))
+        return make_sum(terms)
     inner = [Mul(t.coeff, tuple(s + m)) for t, s, m in zip(terms, scal, mats)]
-    inner.sort(key=lambda t: sum(_transposes(f) for f in t.factors))
-    return mul(Fraction(1), *left, Sum(tuple(inner)), *right)
+    return mul(Fraction(1), *left, make_sum(inner), *right)
+
+
+def make_sum(terms):
+    """A sum in the given order; a sum of bare symbols puts untransposed ones first (A + Aᵀ)."""
+    if all(isinstance(t, Mul) and len(t.factors) == 1 and isinstance(t.factors[0], Sym) for t in terms):
+        terms = sorted(terms, key=_transposes)
+    return Sum(tuple(terms))
 
 
 def _transposes(node) -> int:
-    return 1 if isinstance(node, (Sym, Transp)) and getattr(node, "t", True) else 0
+    if isinstance(node, (Sym, Ones)):
+        return int(node.t)
+    if isinstance(node, Transp):
+        return 1
+    if isinstance(node, (Mul, Had)):
+        return sum(_transposes(f) for f in node.factors)
+    if isinstance(node, Sum):
+        return sum(_transposes(f) for f in node.terms)
+    return 0
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -526,6 +554,8 @@ class _Text:
             body = self.sum(node)
             return self.wrap(body) if ctx != "top" else body
         if isinstance(node, Mul):
+            if node.coeff == 1 and len(node.factors) == 1 and not _is_division(node.factors[0]):
+                return self.render(node.factors[0], ctx)
             body, negative = self.mul(node)
             if negative:
                 body = "-" + body if self.ascii else MINUS + body
@@ -589,6 +619,9 @@ class _Text:
         pieces = []
         if c != 1 or not numer:
             pieces.append(self.number(c))
+        lone = len(numer) == 1 and c == 1 and not negative and not denom and not isinstance(numer[0], Sum)
+        if lone:
+            return self.render(numer[0], "top"), negative
         pieces.extend(self.render(f, "mul") for f in scal)
         chain = self.chain(mats)
         body = " ".join(p for p in pieces + ([chain] if chain else []))
@@ -674,11 +707,14 @@ class _Latex(_Text):
             numer.append(f)
         scal = [f for f in numer if is_scalar(f)]
         mats = [f for f in numer if not is_scalar(f)]
+        lone = len(numer) == 1 and c == 1 and not negative and not denom and not isinstance(numer[0], Sum)
+        if lone:
+            return self.render(numer[0], "top"), negative
         pieces = [self.render(f, "mul") for f in scal]
         chain = self.chain(mats)
         body = " ".join(pieces + ([chain] if chain else []))
         if denom:
-            body = r"\frac{" + (body or "1") + "}{" + " ".join(self.render(d, "mul") for d in denom) + "}"
+            body = r"\frac{" + (body or "1") + "}{" + " ".join(self.render(d, "top") for d in denom) + "}"
         if c != 1 or not body:
             body = (self.number(c) + " " + body).strip()
         return body, negative
@@ -695,6 +731,13 @@ class _Latex(_Text):
             else:
                 out.append((" - " + body) if negative else " + " + body)
         return "".join(out)
+
+
+def _is_division(f) -> bool:
+    if isinstance(f, Pw) and is_scalar(f.base):
+        n = const_value_node(f.exponent)
+        return n is not None and n < 0
+    return False
 
 
 def const_value_node(node):
@@ -911,22 +954,25 @@ def _sup(n):
     return {2: "²", 3: "³", 4: "⁴"}.get(n, f"^{n}")
 
 
-def _layout_note(d, shape_names) -> str:
-    out_idx = d.statement(d.outputs[-1]).indices
+def _layout_note(d) -> str:
     st = d.output
-    if not hasattr(d, "wrt") or not d.wrt:
+    if not d.wrt:
         return ""
     wrt_names = [w.split("_")[0] for w in d.wrt]
-    n_out = len(out_idx) - sum(len(_wrt_indices(w)) for w in d.wrt)
+    wrt_idx = [i for w in d.wrt for i in _wrt_indices(w)]
+    n_out = len(st.indices) - len(wrt_idx)
     if n_out == 0:
         if len(wrt_names) == 1:
             return f"denominator layout: the shape of {wrt_names[0]}"
-        return "rows: " + wrt_names[0] + ", columns: " + wrt_names[1]
+        return f"rows {d.wrt[0]}, columns {d.wrt[1]}"
     layout = d.layout if isinstance(d.layout, str) else "".join(d.layout)
-    rows, cols = st.indices[0], st.indices[1] if len(st.indices) > 1 else None
-    if layout in ("numerator", "denominator"):
-        return f"{layout} layout"
-    return f"layout {layout}: rows {rows}, columns {cols}"
+    if len(st.indices) > 2:
+        return f"{layout} layout" if layout in ("numerator", "denominator") else f"layout {layout}"
+    rows, cols = st.indices
+    what = {i: d.of for i in st.indices if i not in wrt_idx}
+    what.update({i: wrt_names[0] for i in wrt_idx})
+    name = f"{layout} layout" if layout in ("numerator", "denominator") else f"layout {layout}"
+    return f"{name}: rows {what[rows]}, columns {what[cols]}"
 
 
 def _wrt_indices(w):
@@ -967,7 +1013,7 @@ def matrix_form(program, check=True) -> MatrixForm:
         return MatrixForm(program, [], reason=str(why))
     note = ""
     if is_derivative:
-        note = _layout_note(program, None)
+        note = _layout_note(program)
         if statements[-1].kron:
             note = f"{note}, vec stacks columns" if note else "vec stacks columns"
     form = MatrixForm(program, statements, note=note)
