@@ -451,11 +451,23 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
         return run
 
     xp = "torch" if backend == "torch" else ("numpy" if backend == "numpy" else "functional")
+    # full δ-free terms first: the first one (or the first two) make the output array
+    plans.sort(key=lambda p: not (p[5] and not p[3] and p[2] is not None))
+    pairable = (len(plans) >= 2 and all(p[5] and not p[3] and p[2] is not None for p in plans[:2])
+                and plans[0][0] == 1.0 and plans[1][0] in (1.0, -1.0) and xp == "numpy")
 
     def run(env):
-        ops_cache = None
         out = None
-        for coeff, refs, fn, deltas, expand, full in plans:
+        rest = plans
+        if pairable:
+            first, second = plans[0], plans[1]
+            a = first[2](*[env[r] for r in first[1]])
+            b = second[2](*[env[r] for r in second[1]])
+            out = np.add(a, b, dtype=dtype) if second[0] == 1.0 else np.subtract(a, b, dtype=dtype)
+            if not isinstance(out, np.ndarray):  # 0-d: keep an array, later terms add in place
+                out = np.asarray(out)
+            rest = plans[2:]
+        for coeff, refs, fn, deltas, expand, full in rest:
             value = fn(*[env[r] for r in refs]) if fn is not None else None
             if xp != "functional":
                 if out is None and not deltas and full and value is not None:
@@ -466,15 +478,19 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
                 view = _diag_view(out, order, deltas, xp)[0] if deltas else out
                 if value is None:
                     view += coeff
-                elif coeff == 1.0:
-                    view += value[expand] if not full else value
+                    continue
+                if not full:
+                    value = value[expand]
+                if coeff == 1.0:
+                    view += value
+                elif coeff == -1.0:
+                    view -= value
                 else:
-                    view += coeff * (value[expand] if not full else value)
+                    view += coeff * value
             else:
                 out = _functional_add(out, value, coeff, deltas, expand, order, out_shape, env, refs, backend, dtype)
         if out is None:
             out = _zeros(out_shape, dtype, xp, env, ()) if xp != "functional" else _functional_zeros(out_shape, backend, dtype, env)
-        del ops_cache
         env[target] = out
 
     return run
@@ -576,6 +592,11 @@ def _contraction(subs, op_shapes, operands, kept, backend, check_bytes):
     path, info = oe.contract_path(subs, *op_shapes, shapes=True, optimize="auto")
     if info.largest_intermediate:
         check_bytes("an einsum intermediate", (info.largest_intermediate,))
+    if backend == "numpy":
+        from .kernels import compile_contraction
+        fast = compile_contraction(subs, op_shapes, path)
+        if fast is not None:
+            return fast
     expr = oe.contract_expression(subs, *op_shapes, optimize=path)
     if backend == "numpy":
         return expr
