@@ -160,6 +160,11 @@ BASIC_CASES = [
      lambda x, y: np.sum((x - y) ** 2), ""),
     ("cross-entropy", "L = -y_i log(p_i)", "p_p", {"y": (I,), "p": (I,)}, ("p",),
      lambda y, p: -np.sum(y * np.log(p)), ""),
+    ("three-terms-scalar", "L = a_i x_i + x_i x_i + c", "x_p", {"a": (I,), "x": (I,), "c": ()},
+     (), lambda a, x, c: a @ x + x @ x + c, ""),
+    ("scalar-result-three-terms", "L = a x_i + a^2 y_i + a^3 z_i", "a",
+     {"a": (), "x": (I,), "y": (I,), "z": (I,)}, (),
+     lambda a, x, y, z: a * x.sum() + a ** 2 * y.sum() + a ** 3 * z.sum(), ""),
     ("braces-indices", "C_{ik} = A_{ij} B_{jk}", "B_pq", {"A": (I, J), "B": (J, K)}, (),
      lambda A, B: A @ B, "ik"),
 ]
