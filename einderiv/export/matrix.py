@@ -581,6 +581,8 @@ class _Text:
     def power(self, node):
         n = const_value_node(node.exponent)
         base = self.render(node.base, "atom")
+        if _lone(node.base, Pw):
+            base = self.wrap(base)
         scalar = is_scalar(node.base)
         if n is not None:
             text = self.number(n)
@@ -642,7 +644,7 @@ class _Text:
         return out
 
     def joiner(self, prev, f, text):
-        if text.startswith("(") and isinstance(prev, Sym):
+        if text.startswith("(") and isinstance(prev, Sym) and None not in prev.shape0:
             return ""
         if (isinstance(prev, Sym) and not prev.t and len(prev.name) == 1 and prev.name.isupper()
                 and None not in prev.shape0 and isinstance(f, Sym) and len(f.name) == 1):
@@ -688,6 +690,8 @@ class _Latex(_Text):
     def power(self, node):
         n = const_value_node(node.exponent)
         base = self.render(node.base, "atom")
+        if _lone(node.base, Pw):
+            base = self.wrap(base)
         text = self.number(n) if n is not None else self.render(node.exponent)
         if is_scalar(node.base):
             return base + "^{" + text + "}"
@@ -731,6 +735,13 @@ class _Latex(_Text):
             else:
                 out.append((" - " + body) if negative else " + " + body)
         return "".join(out)
+
+
+def _lone(node, kind) -> bool:
+    """Whether a node is (a product of just) one node of this kind."""
+    while isinstance(node, Mul) and node.coeff == 1 and len(node.factors) == 1:
+        node = node.factors[0]
+    return isinstance(node, kind)
 
 
 def _is_division(f) -> bool:

@@ -1,0 +1,339 @@
+"""The ``einderiv`` command line: diff, differential, vjp, check and explain.
+
+Prints einderiv's errors as one message (with the caret under the column for a syntax error)
+on stderr and exits 2, never with a traceback; ``check`` exits 1 on a mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+__all__ = ["main"]
+
+TARGETS = ("text", "latex", "einsum", "matrix", "numpy", "torch", "jax")
+
+EPILOG = """\
+examples:
+  einderiv diff "C_ik = A_ij B_jk" --wrt A_pq
+  einderiv diff "C_ik = A_ij B_jk" --wrt A_pq --layout denominator --to latex
+  einderiv diff "L = A_ij X_jk B_ki" --wrt X --to matrix        # ∂L/∂X = Aᵀ Bᵀ
+  einderiv diff "L = x_i A_ij x_j" --wrt x_p,x_q                # the Hessian
+  einderiv diff model.ein --wrt W --of L --to numpy             # a program from a file
+  echo "y_i = tanh(sum_j(W_ij x_j))" | einderiv diff - --wrt W  # "-" reads stdin
+  einderiv diff "C_ik = A_ij B_jk" --wrt X_pq --depends A:X,B:X
+  einderiv differential "C_ik = A_ij B_jk"
+  einderiv vjp "h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2" --wrt W
+  einderiv check "L = x_i A_ij x_j" --wrt x --sizes i=3,j=3
+  einderiv explain "C_ik = A_ij B_jk" --wrt A_pq
+
+exit status: 0 success, 1 check found a mismatch, 2 user error (message on stderr)
+"""
+
+
+class UserError(Exception):
+    """A mistake on the command line (not in the formula)."""
+
+
+# --- argument parsing --------------------------------------------------------------------------
+
+def _split_list(text: str) -> list:
+    """Split on commas outside braces: 'x_p,x_q' → ['x_p', 'x_q']; W_{out,in} stays whole."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return [p for p in out if p]
+
+
+def _wrt(args) -> list:
+    out = []
+    for entry in args.wrt or []:
+        out.extend(_split_list(entry))
+    if not out:
+        raise UserError("--wrt is required: the variable, e.g. --wrt A or --wrt A_pq")
+    return out
+
+
+def _sizes(text):
+    if not text:
+        return None
+    sizes = {}
+    for part in _split_list(text):
+        name, eq, value = part.partition("=")
+        if not eq or not name.strip() or not value.strip().isdigit():
+            raise UserError(f"--sizes takes index=size pairs like i=3,j=4, got '{part}'")
+        sizes[name.strip()] = int(value)
+    return sizes
+
+
+def _depends(text):
+    if not text:
+        return None
+    out = {}
+    for part in _split_list(text):
+        name, colon, var = part.partition(":")
+        if not colon or not name.strip() or not var.strip():
+            raise UserError(f"--depends takes name:variable pairs like A:X,B:X, got '{part}'")
+        out[name.strip()] = var.strip()
+    return out
+
+
+def _layout(text):
+    if text is None:
+        return "numerator"
+    if "," in text:
+        return [p.strip() for p in text.split(",")]
+    return text
+
+
+def _read_formula(arg: str) -> str:
+    if arg == "-":
+        return sys.stdin.read()
+    if os.path.isfile(arg):
+        try:
+            with open(arg, encoding="utf-8") as fh:
+                return fh.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read '{arg}': {err}") from None
+    if "=" not in arg:
+        raise UserError(f"'{arg}' is neither a formula (it has no '=') nor a file")
+    return arg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog="einderiv", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Derivatives of index-notation formulas (einsum semantics): "
+                    "C_ik = A_ij B_jk sums over j.",
+        epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"einderiv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p, wrt=True, layout=True, to=True, depends=True):
+        p.add_argument("formula", help='the formula or program, a file with it, or "-" for stdin')
+        if wrt:
+            p.add_argument("--wrt", action="append", metavar="VAR",
+                           help="variable: A, A_pq; repeat it or give a list x_p,x_q for higher order")
+        p.add_argument("--of", help="the left-hand name to differentiate (default: the last statement)")
+        if layout:
+            p.add_argument("--layout", help="numerator (default), denominator, or an index order like pqik")
+        if depends:
+            p.add_argument("--depends", metavar="A:X,B:X", help="A and B are unknown functions of X")
+        p.add_argument("--sizes", metavar="i=3,j=4", help="sizes of indices no array carries")
+        if to:
+            p.add_argument("--to", choices=TARGETS, default="text", help="output form (default: text)")
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("diff", help="the derivative", formatter_class=fmt,
+                       epilog='example: einderiv diff "C_ik = A_ij B_jk" --wrt A_pq --to matrix')
+    common(p)
+    p = sub.add_parser("differential", help="the differential (forward mode: dC = dA B + A dB)",
+                       formatter_class=fmt, epilog='example: einderiv differential "C_ik = A_ij B_jk"')
+    common(p, wrt=False, layout=False, depends=False)
+    p = sub.add_parser("vjp", help="the vector-Jacobian product (a backward pass)", formatter_class=fmt,
+                       epilog='example: einderiv vjp "y_i = sum_j(W_ij x_j)" --wrt W,x')
+    common(p, layout=False, depends=False)
+    p.add_argument("--cotangent", default="G", help="name of the cotangent input (default G)")
+    p = sub.add_parser("check", help="compare the derivative with central finite differences",
+                       formatter_class=fmt,
+                       epilog='example: einderiv check "L = x_i A_ij x_j" --wrt x --sizes i=3,j=3')
+    common(p, to=False, depends=False)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the inputs (default 0)")
+    p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
+    p = sub.add_parser("explain", help="the derivation step by step", formatter_class=fmt,
+                       epilog='example: einderiv explain "C_ik = A_ij B_jk" --wrt A_pq')
+    common(p, to=False)
+    return parser
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+def _render(program, to: str) -> str:
+    if to == "text":
+        return str(program)
+    if to == "latex":
+        return program.latex()
+    if to == "einsum":
+        lines = []
+        for t in program.einsum():
+            coeff = "" if t.coefficient == 1 else f"{t.coefficient:g} * "
+            lines.append(f"{t.target} += {coeff}einsum('{t.subscripts}', {', '.join(t.operands)})")
+        return "\n".join(lines)
+    if to == "matrix":
+        from .export.matrix import matrix_form
+        return str(matrix_form(program))
+    return program.to_source(to).rstrip("\n")
+
+
+def cmd_diff(args):
+    import einderiv as ed
+    src = _read_formula(args.formula)
+    d = ed.diff(src, wrt=_wrt(args), of=args.of, layout=_layout(args.layout),
+                depends=_depends(args.depends), sizes=_sizes(args.sizes))
+    print(_render(d, args.to))
+    return 0
+
+
+def cmd_differential(args):
+    import einderiv as ed
+    src = _read_formula(args.formula)
+    print(_render(ed.differential(src, of=args.of, sizes=_sizes(args.sizes)), args.to))
+    return 0
+
+
+def cmd_vjp(args):
+    import einderiv as ed
+    src = _read_formula(args.formula)
+    wrt = _wrt(args)
+    p = ed.vjp(src, wrt=wrt[0] if len(wrt) == 1 else wrt, cotangent=args.cotangent, of=args.of,
+               sizes=_sizes(args.sizes))
+    print(_render(p, args.to))
+    return 0
+
+
+def cmd_explain(args):
+    import einderiv as ed
+    src = _read_formula(args.formula)
+    wrt = _wrt(args) if args.wrt else None
+    print(ed.explain(src, wrt=wrt, of=args.of, layout=_layout(args.layout),
+                     depends=_depends(args.depends), sizes=_sizes(args.sizes)))
+    return 0
+
+
+def cmd_check(args):
+    import einderiv as ed
+    from .parser import split_tensor
+    src = _read_formula(args.formula)
+    sizes = _sizes(args.sizes)
+    wrt = _wrt(args)
+    layout = _layout(args.layout)
+    program = ed.parse(src, sizes=sizes)
+    for entry in wrt:
+        name = split_tensor(entry)[0] if "_" in entry else entry
+        if name not in program.inputs:
+            raise UserError(f"check differentiates with respect to inputs only; '{name}' is not "
+                            f"an input (inputs: {', '.join(program.inputs)})")
+    d = ed.diff(src, wrt=wrt, of=args.of, layout=layout, sizes=sizes)
+    d_num = ed.diff(src, wrt=wrt, of=args.of, layout="numerator", sizes=sizes)
+    shapes = input_shapes(program, sizes)
+    rng = np.random.default_rng(args.seed)
+    arrays = {n: rng.uniform(0.5, 1.5, size=s) for n, s in shapes.items()}
+    analytic = np.asarray(d.evaluate(**arrays), dtype=np.float64)
+    # finite differences of the (n-1)-th derivative with respect to the n-th variable
+    if len(wrt) == 1:
+        lower = ed.parse(src, sizes=sizes) if args.of is None else None
+        if lower is None:
+            lower = _output_program(src, args.of, sizes)
+    else:
+        lower = ed.diff(src, wrt=wrt[:-1], of=args.of, layout="numerator", sizes=sizes)
+    var = split_tensor(wrt[-1])[0] if "_" in wrt[-1] else wrt[-1]
+    numeric = central_differences(lambda a: np.asarray(lower.evaluate(**a), dtype=np.float64), arrays, var)
+    order = [d_num.indices.index(i) for i in d.indices]
+    numeric = np.transpose(numeric, order) if numeric.ndim else numeric
+    print(d)
+    size_text = ", ".join(f"{n}{list(s)}" for n, s in shapes.items())
+    print(f"finite differences (central, float64, seed {args.seed}; inputs {size_text}):")
+    if analytic.shape != numeric.shape:
+        print(f"shape mismatch: derivative {analytic.shape}, finite differences {numeric.shape}")
+        return 1
+    err = np.abs(analytic - numeric)
+    max_abs = float(err.max()) if err.size else 0.0
+    scale = float(np.abs(numeric).max()) if numeric.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    ok = bool(np.all(err <= args.atol + args.rtol * np.abs(numeric)))
+    print(f"max abs error {max_abs:.3g}, max rel error {max_rel:.3g}: {'OK' if ok else 'MISMATCH'}")
+    return 0 if ok else 1
+
+
+def _output_program(src, of, sizes):
+    import einderiv as ed
+    p = ed.parse(src, sizes=sizes)
+    names = [st.name for st in p.statements]
+    if of not in names:
+        raise ed.EinderivError(f"of='{of}' is not defined by the program (it defines: {', '.join(names)})")
+    from .program import Program
+    upto = p.statements[:names.index(of) + 1]
+    q = Program(upto, (of,), p._inputs, p._members, p._sizes, source=src)
+    return q
+
+
+def input_shapes(program, sizes=None) -> dict:
+    """A shape for every input: --sizes by index name, else distinct small sizes (3, 4, 2, 5...)."""
+    sizes = sizes or {}
+    by_dim = {}
+    for dim, members in program._members.items():
+        for _tensor, _axis, index, _line in members:
+            if index in sizes:
+                by_dim[dim] = sizes[index]
+                break
+    fallback = iter([3, 4, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13])
+    shapes = {}
+    for name, dims in program._inputs.items():
+        for dim in dims:
+            if dim not in by_dim:
+                by_dim[dim] = sizes.get(dim.lstrip("="), None) or next(fallback, 3)
+        shapes[name] = tuple(by_dim[dim] for dim in dims)
+    return shapes
+
+
+def central_differences(f, arrays, var, eps=1e-6):
+    """∂f/∂var by central differences: axes of f's value, then those of var."""
+    x = arrays[var]
+    base = f(arrays)
+    out = np.zeros(base.shape + x.shape)
+    for index in np.ndindex(*x.shape):
+        h = eps * max(1.0, abs(float(x[index])))
+        plus, minus = x.copy(), x.copy()
+        plus[index] += h
+        minus[index] -= h
+        fp = f({**arrays, var: plus})
+        fm = f({**arrays, var: minus})
+        out[(Ellipsis,) + index] = (fp - fm) / (2 * h)
+    return out
+
+
+COMMANDS = {"diff": cmd_diff, "differential": cmd_differential, "vjp": cmd_vjp,
+            "check": cmd_check, "explain": cmd_explain}
+
+
+def main(argv=None) -> int:
+    from .errors import EinderivError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except (EinderivError, UserError) as err:
+        message = str(err).rstrip("\n") or type(err).__name__
+        print(f"einderiv: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+    except BrokenPipeError:  # pragma: no cover - e.g. piped into head
+        return 0
+    except Exception as err:  # noqa: BLE001 - never a traceback for the user
+        if os.environ.get("EINDERIV_DEBUG"):
+            raise
+        print(f"einderiv: internal error: {type(err).__name__}: {err} "
+              f"(a bug in einderiv; set EINDERIV_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

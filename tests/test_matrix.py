@@ -1,0 +1,144 @@
+"""Matrix notation: every form that is printed equals the index form numerically; where no
+form exists the reason is given and nothing wrong is printed."""
+
+import numpy as np
+import pytest
+
+import einderiv as ed
+from einderiv.cli import input_shapes
+from einderiv.export import matrix as M
+
+# (formula, wrt, must have a matrix form in both layouts)
+CASES = [
+    ("L = A_ij X_jk B_ki", "X", True),
+    ("L = A_ij X_jk B_ki", "A", True),
+    ("L = x_i A_ij x_j", "x", True),
+    ("L = x_i A_ij x_j", "A", True),
+    ("L = x_i A_ij x_j", ["x", "x"], True),
+    ("L = (sum_j(A_ij x_j) - b_i)^2", "x", True),
+    ("L = (sum_j(A_ij x_j) - b_i)^2", "A", True),
+    ("L = (sum_j(A_ij x_j) - b_i)^2", ["x", "x"], True),
+    ("L = a_i X_ij b_j", "X", True),
+    ("L = X_ji A_jk X_ki", "X", True),
+    ("L = A_ij X_jk B_kl X_li", "X", True),
+    ("L = X_ij X_ij", "X", True),
+    ("L = X_ii", "X", True),
+    ("L = X_ij X_ji", "X", True),
+    ("y_i = A_ij x_j + b_i", "x", True),
+    ("y_i = A_ij x_j + b_i", "b", True),
+    ("y_i = A_ij x_j + b_i", "A", True),
+    ("y_i = x_i^3", "x", True),
+    ("y_i = exp(x_i) / sum_j(exp(x_j))", "x", True),
+    ("L = log(sum_i(exp(x_i)))", "x", True),
+    ("L = log(sum_i(exp(x_i)))", ["x", "x"], True),
+    ("y_i = tanh(sum_j(W_ij x_j) + b_i)", "x", True),
+    ("y_i = tanh(sum_j(W_ij x_j) + b_i)", "W", True),
+    ("h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2", "W", True),
+    ("h_i = sigmoid(sum_j(W_ij x_j)); L = -t_i log(h_i)", "x", True),
+    ("C_ik = A_ij B_jk", "A", True),
+    ("C_ik = A_ij B_jk", "B", True),
+    ("C_ij = A_ij + b_i", "b", True),
+    ("L = sum_i(x_i)^2", "x", True),
+    ("L = sqrt(x_i x_i)", "x", True),
+    ("L = x_i y_i z_i", "x", True),
+    ("L = A_ij x_i y_j z_j", "A", True),
+    ("L = A_ij B_jk C_ki D_ij", "A", True),
+    ("C_ij = A_ij B_ij", "A", False),
+    ("T_ijk = A_ij b_k", "b", False),
+]
+
+
+def _arrays(program, seed=0):
+    rng = np.random.default_rng(seed)
+    return {n: rng.uniform(0.5, 1.5, size=s) for n, s in input_shapes(program).items()}
+
+
+@pytest.mark.parametrize("layout", ["numerator", "denominator"])
+@pytest.mark.parametrize("formula, wrt, has_form", CASES, ids=[f"{c[0]} wrt {c[1]}" for c in CASES])
+def test_matrix_form_matches_index_form(formula, wrt, has_form, layout):
+    d = ed.diff(formula, wrt=wrt, layout=layout)
+    raw = M.matrix_form(d, check=False)
+    guarded = M.matrix_form(d)
+    assert raw.exists == has_form, str(raw)
+    assert guarded.exists == has_form
+    if not has_form:
+        assert str(guarded).startswith("no matrix form: ")
+        assert str(d) in str(guarded)          # the index form is shown instead
+        with pytest.raises(ed.EinderivError):
+            guarded.evaluate(**_arrays(d))
+        return
+    assert str(raw) == str(guarded)
+    for seed in (0, 1):
+        arrays = _arrays(d, seed)
+        np.testing.assert_allclose(raw.evaluate(**arrays), d.evaluate(**arrays), rtol=1e-9, atol=1e-12)
+
+
+def test_scalar_gradients_say_denominator_layout():
+    for layout in ("numerator", "denominator"):
+        form = ed.matrix_form(ed.diff("L = A_ij X_jk B_ki", wrt="X", layout=layout))
+        assert "denominator layout: the shape of X" in str(form)
+
+
+def test_jacobian_layouts_are_transposes():
+    num = ed.matrix_form(ed.diff("y_i = A_ij x_j", wrt="x", layout="numerator"))
+    den = ed.matrix_form(ed.diff("y_i = A_ij x_j", wrt="x", layout="denominator"))
+    assert num.text() == "A" and "numerator layout: rows y, columns x" in str(num)
+    assert den.text() == "Aᵀ" and "denominator layout: rows x, columns y" in str(den)
+
+
+def test_explicit_layout():
+    d = ed.diff("y_i = A_ij x_j", wrt="x_p", layout="pi")
+    form = ed.matrix_form(d)
+    assert form.text() == "Aᵀ"
+    assert "layout pi" in str(form)
+
+
+def test_guard_refuses_a_wrong_translation(monkeypatch):
+    """If the translation were wrong (here: a transpose dropped), no form is shown."""
+    real = M.transpose
+
+    def broken(node):
+        return node if isinstance(node, M.Sym) else real(node)
+
+    monkeypatch.setattr(M, "transpose", broken)
+    d = ed.diff("L = A_ij X_jk B_ki", wrt="X")
+    assert M.matrix_form(d, check=False).exists      # it would print something wrong...
+    form = M.matrix_form(d)
+    assert not form.exists                            # ...but the guard refuses it
+    assert "did not match" in form.reason
+
+
+def test_three_axis_inputs_have_no_matrix_form():
+    form = ed.matrix_form(ed.diff("y_i = T_ijk x_j x_k", wrt="x"))
+    assert not form.exists and "T has 3 axes" in form.reason
+
+
+def test_differential_and_vjp_programs():
+    p = ed.differential("C_ik = A_ij B_jk")
+    form = p.matrix()
+    assert str(form) == "dC = A dB + dA B"
+    arrays = _arrays(p)
+    np.testing.assert_allclose(form.evaluate(**arrays), p.evaluate(**arrays))
+    v = ed.vjp("h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2", wrt="W")
+    form = v.matrix()
+    assert str(form) == "h = tanh(Wx)\nGh = 2 G (h − t)\nGW = (Gh ⊙ (𝟙 − h^∘2)) xᵀ"
+    arrays = _arrays(v)
+    np.testing.assert_allclose(form.evaluate(**arrays), v.evaluate(**arrays))
+
+
+def test_several_outputs_have_no_single_form():
+    v = ed.vjp("y_i = sum_j(W_ij x_j)", wrt=["W", "x"])
+    assert not v.matrix().exists
+
+
+def test_repr_latex_and_repr():
+    form = ed.matrix_form(ed.diff("L = a_i X_ij b_j", wrt="X"))
+    assert form._repr_latex_() == r"$$\frac{\partial L}{\partial X} = a b^{\top}$$"
+    assert repr(form).startswith("<MatrixForm: ∂L/∂X = a bᵀ")
+
+
+def test_dimension_names_follow_the_inputs():
+    p = ed.parse("C_ik = A_ij B_jk")
+    names = M.dimension_names(p)
+    assert [names[d] for d in p._inputs["A"]] == ["M", "N"]
+    assert [names[d] for d in p._inputs["B"]] == ["N", "P"]
