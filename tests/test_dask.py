@@ -1,0 +1,47 @@
+"""Scale-out: a gradient over row-chunked dask arrays, on a LocalCluster with two workers."""
+
+import numpy as np
+import pytest
+
+import einderiv as ed
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("dask.distributed")
+
+LEAST_SQUARES = "L = (sum_j(A_ij x_j) - b_i)^2"
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def test_gradient_over_row_chunks_on_two_workers(client):
+    rng = np.random.default_rng(0)
+    rows, cols = 200_000, 20
+    A = rng.normal(size=(rows, cols))
+    x = rng.normal(size=cols)
+    b = rng.normal(size=rows)
+    grad = ed.diff(LEAST_SQUARES, wrt="x")
+    expected = grad.evaluate(A=A, x=x, b=b)
+    chunks = rows // 8
+    lazy = grad.evaluate(backend="dask", A=da.from_array(A, chunks=(chunks, cols)),
+                         x=da.from_array(x, chunks=cols), b=da.from_array(b, chunks=chunks))
+    assert isinstance(lazy, da.Array)
+    got = client.compute(lazy).result()
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    np.testing.assert_allclose(got, 2 * A.T @ (A @ x - b), rtol=1e-10)
+    # the work was spread over both workers
+    assert len(client.scheduler_info()["workers"]) == 2
+
+
+def test_hessian_with_delta_on_dask():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=6)
+    hess = ed.diff("L = log(sum_i(exp(x_i)))", wrt=["x", "x"])
+    got = hess.evaluate(backend="dask", x=da.from_array(x, chunks=3)).compute()
+    np.testing.assert_allclose(got, hess.evaluate(x=x), rtol=1e-12)
