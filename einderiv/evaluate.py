@@ -531,7 +531,8 @@ def _functional_zeros(shape, backend, dtype, env):
 
 
 def _functional_add(out, value, coeff, deltas, expand, order, out_shape, env, refs, backend, dtype):
-    """Immutable backends (jax, dask): the δ axes are expanded by multiplying with an
+    """Immutable backends (jax, dask). With jax a δ term is scattered along the diagonal
+    (``out.at[i, k, i, q].add``); with dask the δ axes are expanded by multiplying with an
     identity of the same backend — documented as the one place an identity is formed."""
     if backend == "jax":
         import jax.numpy as xp
@@ -557,6 +558,16 @@ def _functional_add(out, value, coeff, deltas, expand, order, out_shape, env, re
         view_axes = list(dict.fromkeys(find(i) for i in order))
         value = value[expand] if expand else value
         value = xp.broadcast_to(value, tuple(out_shape[order.index(r)] for r in view_axes))
+        if backend == "jax":
+            if out is None:
+                out = xp.zeros(out_shape, dtype=value.dtype)
+            index = []
+            for i in order:
+                position = view_axes.index(find(i))
+                shape = [1] * len(view_axes)
+                shape[position] = out_shape[order.index(i)]
+                index.append(xp.arange(shape[position]).reshape(shape))
+            return out.at[tuple(index)].add(value)
         letters = {r: _LETTERS[k] for k, r in enumerate(view_axes)}
         extra = {}
         operands_sub = ["".join(letters[r] for r in view_axes)]
