@@ -1,0 +1,223 @@
+"""The command line through subprocess: every command, every --to, bad input, and exported
+code run where einderiv is not importable."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import einderiv as ed
+from einderiv.cli import input_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run(*args, stdin=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "einderiv.cli", *args], input=stdin,
+                          capture_output=True, text=True, env=ENV, cwd=cwd or ROOT, timeout=120)
+
+
+def test_version_and_help():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"einderiv {ed.__version__}"
+    r = run("--help")
+    assert r.returncode == 0
+    for word in ("diff", "differential", "vjp", "check", "explain", "examples:", "--wrt A_pq"):
+        assert word in r.stdout
+    r = run("diff", "--help")
+    assert r.returncode == 0 and "--layout" in r.stdout and "--to" in r.stdout
+
+
+def test_diff_text_and_layout():
+    r = run("diff", "C_ik = A_ij B_jk", "--wrt", "A_pq")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "dC_ik/dA_pq = δ_ip B_qk\n", "")
+    r = run("diff", "L = A_ij X_jk B_ki", "--wrt", "X", "--to", "matrix")
+    assert r.stdout == "∂L/∂X = Aᵀ Bᵀ   (denominator layout: the shape of X)\n"
+    r = run("diff", "y_i = A_ij x_j", "--wrt", "x", "--layout", "denominator", "--to", "matrix")
+    assert r.stdout.startswith("∂y/∂x = Aᵀ")
+
+
+@pytest.mark.parametrize("to", ["text", "latex", "einsum", "matrix", "numpy", "torch", "jax"])
+def test_every_target(to):
+    d = ed.diff("C_ik = A_ij B_jk", wrt="A_pq")
+    r = run("diff", "C_ik = A_ij B_jk", "--wrt", "A_pq", "--to", to)
+    assert r.returncode == 0, r.stderr
+    expected = {"text": str(d), "latex": d.latex(), "matrix": str(d.matrix())}.get(to)
+    if expected is not None:
+        assert r.stdout == expected + "\n"
+    elif to == "einsum":
+        assert "einsum(" in r.stdout and "B" in r.stdout
+    else:
+        assert r.stdout.rstrip("\n") == d.to_source(to).rstrip("\n")
+        assert '"""' in r.stdout                       # the docstring with formula and shapes
+
+
+def test_hessian_wrt_list_and_repeated():
+    a = run("diff", "L = x_i A_ij x_j", "--wrt", "x_p,x_q")
+    b = run("diff", "L = x_i A_ij x_j", "--wrt", "x_p", "--wrt", "x_q")
+    assert a.returncode == b.returncode == 0
+    assert a.stdout == b.stdout == "d²L/dx_p dx_q = A_pq + A_qp\n"
+
+
+def test_file_stdin_of_sizes_depends(tmp_path):
+    model = tmp_path / "model.ein"
+    model.write_text("# a small network\nh_i = tanh(sum_j(W_ij x_j))\nL = (h_i - t_i)^2\n")
+    r = run("diff", str(model), "--wrt", "W", "--of", "L")
+    assert r.returncode == 0
+    assert r.stdout == "h_i = tanh(sum_j(W_ij x_j))\ndL/dW_pq = 2 x_q (1 - h_p^2) (h_p - t_p)\n"
+    r = run("diff", "-", "--wrt", "W", "--of", "h", stdin="h_i = tanh(sum_j(W_ij x_j))\nL = (h_i - t_i)^2\n")
+    assert r.returncode == 0 and r.stdout.startswith("h_i = tanh")
+    assert "dh_i/dW_pq" in r.stdout
+    r = run("diff", "C_ik = A_ij B_jk", "--wrt", "X_pq", "--depends", "A:X,B:X")
+    assert r.stdout == str(ed.diff("C_ik = A_ij B_jk", wrt="X_pq", depends={"A": "X", "B": "X"})) + "\n"
+    r = run("diff", "y_i = A_ij x_j + c_i", "--wrt", "x", "--sizes", "i=3")
+    assert r.returncode == 0
+
+
+def test_differential_and_vjp():
+    r = run("differential", "C_ik = A_ij B_jk")
+    assert r.returncode == 0 and r.stdout == str(ed.differential("C_ik = A_ij B_jk")) + "\n"
+    r = run("differential", "C_ik = A_ij B_jk", "--to", "matrix")
+    assert r.stdout == "dC = A dB + dA B\n"
+    src = "h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2"
+    r = run("vjp", src, "--wrt", "W,x")
+    assert r.returncode == 0 and r.stdout == str(ed.vjp(src, wrt=["W", "x"])) + "\n"
+    r = run("vjp", src, "--wrt", "W", "--cotangent", "g", "--to", "latex")
+    assert r.returncode == 0 and r.stdout == ed.vjp(src, wrt="W", cotangent="g").latex() + "\n"
+
+
+def test_explain():
+    r = run("explain", "C_ik = A_ij B_jk", "--wrt", "A_pq")
+    assert r.returncode == 0 and r.stdout == ed.explain("C_ik = A_ij B_jk", wrt="A_pq") + "\n"
+
+
+def test_check_passes_and_reports_errors():
+    r = run("check", "L = x_i A_ij x_j", "--wrt", "x", "--sizes", "i=3,j=3")
+    assert r.returncode == 0, r.stderr
+    assert "max abs error" in r.stdout and "max rel error" in r.stdout and r.stdout.rstrip().endswith("OK")
+    r = run("check", "h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2", "--wrt", "W,x", "--layout", "denominator")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run("check", "L = log(sum_i(exp(x_i)))", "--wrt", "x", "--seed", "3")
+    assert r.returncode == 0
+
+
+def test_check_finds_a_mismatch():
+    # a tolerance no floating-point computation meets makes every comparison a mismatch
+    r = run("check", "L = x_i A_ij x_j", "--wrt", "x", "--rtol", "0", "--atol", "-1")
+    assert r.returncode == 1
+    assert "MISMATCH" in r.stdout and "Traceback" not in r.stderr
+
+
+def _check_module_mismatch(monkeypatch, capsys):
+    from einderiv import cli
+    real = cli.central_differences
+    monkeypatch.setattr(cli, "central_differences", lambda *a, **k: real(*a, **k) * 1.01)
+    return cli.main(["check", "L = x_i x_i", "--wrt", "x"]), capsys.readouterr()
+
+
+def test_check_mismatch_in_process(monkeypatch, capsys):
+    code, out = _check_module_mismatch(monkeypatch, capsys)
+    assert code == 1 and "MISMATCH" in out.out
+
+
+BAD = [
+    (["diff", "C_ik = A_ij + * B_jk", "--wrt", "A"], "unexpected"),
+    (["diff", "C_ik = A_ij B_jk", "--wrt", "Z"], "'Z'"),
+    (["diff", "C_ik = A_ij B_jk"], "--wrt"),
+    (["diff", "C_ik = A_ij B_jk", "--wrt", "A", "--layout", "xyz"], "layout"),
+    (["diff", "C_ik = A_ij B_jk", "--wrt", "A", "--sizes", "i3"], "--sizes"),
+    (["diff", "C_ik = A_ij B_jk", "--wrt", "A", "--depends", "A"], "--depends"),
+    (["diff", "no_such_file.ein", "--wrt", "A"], "no_such_file.ein"),
+    (["diff", "C_ik = A_ij B_jk", "--wrt", "A", "--to", "fortran"], "invalid choice"),
+    (["check", "L = x_i A_ij x_j", "--wrt", "x", "--sizes", "i=3,j=4"], "size"),
+    (["check", "h_i = x_i^2; L = h_i h_i", "--wrt", "h"], "inputs only"),
+    (["vjp", "y_i = A_ij x_j", "--wrt", "q"], "'q'"),
+    (["explain", "C_ik = A_ij B_jk", "--wrt", "A_pqr"], "A"),
+    (["differential", "C_ik = A_ij B_j"], "k"),
+    (["bogus"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("args, needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_user_errors_exit_2_without_traceback(args, needle):
+    r = run(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert needle in r.stderr
+
+
+def test_syntax_error_shows_caret():
+    r = run("diff", "C_ik = A_ij + * B_jk", "--wrt", "A")
+    lines = r.stderr.rstrip("\n").split("\n")
+    assert lines[0].startswith("einderiv: error: line 1, column 15")
+    assert lines[1].strip() == "C_ik = A_ij + * B_jk"
+    assert lines[2].index("^") == lines[1].index("*")
+
+
+# --- exported code, run where einderiv cannot be imported --------------------------------------
+
+EXPORTS = [
+    ("C_ik = A_ij B_jk", "A_pq"),
+    ("h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2", "W"),
+    ("L = x_i A_ij x_j", "x_p,x_q"),
+]
+
+RUNNER = """
+import sys, numpy as np
+try:
+    import einderiv
+    sys.exit("einderiv must not be importable here")
+except ImportError:
+    pass
+src = open("derivative.py").read()
+ns = {}
+exec(compile(src, "derivative.py", "exec"), ns)
+inputs = [np.load(f"{n}.npy") for n in sys.argv[2:]]
+if sys.argv[1] == "torch":
+    import torch
+    inputs = [torch.from_numpy(a) for a in inputs]
+elif sys.argv[1] == "jax":
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    inputs = [jnp.asarray(a) for a in inputs]
+out = ns["derivative"](*inputs)
+np.save("out.npy", np.asarray(out))
+"""
+
+
+def _available(target):
+    if target == "numpy":
+        return True
+    try:
+        __import__(target)
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.parametrize("target", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("formula, wrt", EXPORTS, ids=[e[0] for e in EXPORTS])
+def test_exported_code_runs_standalone(tmp_path, target, formula, wrt):
+    if not _available(target):
+        pytest.skip(f"{target} is not installed")
+    r = run("diff", formula, "--wrt", wrt, "--to", target)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "derivative.py").write_text(r.stdout)
+    (tmp_path / "runner.py").write_text(RUNNER)
+    wrt_list = wrt.split(",")
+    d = ed.diff(formula, wrt=wrt_list if len(wrt_list) > 1 else wrt_list[0])
+    rng = np.random.default_rng(5)
+    arrays = {n: rng.uniform(0.5, 1.5, size=s) for n, s in input_shapes(d).items()}
+    for name, value in arrays.items():
+        np.save(tmp_path / f"{name}.npy", value)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, "-I", "runner.py", target, *d.inputs], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = np.load(tmp_path / "out.npy")
+    np.testing.assert_allclose(got, d.evaluate(**arrays), rtol=1e-10, atol=1e-12)
