@@ -121,7 +121,7 @@ def test_differential_and_vjp_programs():
     np.testing.assert_allclose(form.evaluate(**arrays), p.evaluate(**arrays))
     v = ed.vjp("h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2", wrt="W")
     form = v.matrix()
-    assert str(form) == "h = tanh(Wx)\nGh = 2 G (h − t)\nGW = (Gh ⊙ (𝟙 − h^∘2)) xᵀ"
+    assert str(form) == "h = tanh(W x)\nGh = 2 G (h − t)\nGW = (Gh ⊙ (𝟙 − h^∘2)) xᵀ"
     arrays = _arrays(v)
     np.testing.assert_allclose(form.evaluate(**arrays), v.evaluate(**arrays))
 
@@ -142,3 +142,10 @@ def test_dimension_names_follow_the_inputs():
     names = M.dimension_names(p)
     assert [names[d] for d in p._inputs["A"]] == ["M", "N"]
     assert [names[d] for d in p._inputs["B"]] == ["N", "P"]
+
+
+def test_products_are_spaced_when_names_have_several_letters():
+    # GA = G Bᵀ, not "GBᵀ", which would read as the tensor GB transposed
+    form = ed.vjp("C_ik = A_ij B_jk", wrt="A").matrix()
+    assert str(form) == "GA = G Bᵀ"
+    assert ed.parse("C_ik = A_ij B_jk").matrix().text() == "AB"

@@ -516,8 +516,9 @@ class _Text:
     HAD = " ⊙ "
     KRON = " ⊗ "
 
-    def __init__(self, dim_names):
+    def __init__(self, dim_names, concat=True):
         self.dim_names = dim_names
+        self.concat = concat   # "AXB", "Ax": only when every name is one letter (else GB = G B?)
 
     def name(self, s):
         return s
@@ -644,6 +645,8 @@ class _Text:
         return out
 
     def joiner(self, prev, f, text):
+        if not self.concat:
+            return " "
         if text.startswith("(") and isinstance(prev, Sym) and None not in prev.shape0:
             return ""
         if (isinstance(prev, Sym) and not prev.t and len(prev.name) == 1 and prev.name.isupper()
@@ -867,6 +870,10 @@ class MatrixForm:
         self.note = note
         self.dim_names = dimension_names(program)
 
+    def _concat(self) -> bool:
+        names = list(self.program._inputs) + [s.name.lstrip("∂↦") for s in self.statements]
+        return all(len(n) == 1 for n in names)
+
     @property
     def exists(self) -> bool:
         return self.reason is None
@@ -879,12 +886,12 @@ class MatrixForm:
         """The matrix expression of the result alone, e.g. ``Aᵀ Bᵀ``."""
         if not self.exists:
             return ""
-        return _Text(self.dim_names).render(self.statements[-1].node)
+        return _Text(self.dim_names, self._concat()).render(self.statements[-1].node)
 
     def __str__(self):
         if not self.exists:
             return (f"no matrix form: {self.reason}; in index form:\n{self.program}")
-        r = _Text(self.dim_names)
+        r = _Text(self.dim_names, self._concat())
         lines = [f"{s.label} = {r.render(s.node)}" for s in self.statements]
         if self.note:
             lines[-1] += f"   ({self.note})"
