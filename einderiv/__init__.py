@@ -10,10 +10,10 @@ import sys as _sys
 from .errors import EinderivError, EinderivSyntaxError, IndexSizeError, InputError
 from .evaluate import memory_limit, set_memory_limit
 from .program import Derivative, EinsumTerm, Program, diff, differential, parse, vjp
-from .explain import explain, matrix_form  # noqa: E402 - readable results (issue 3)
+from .explain import explain, matrix_form
 
 __all__ = [
-    "parse", "diff", "differential", "vjp", "Program", "Derivative", "EinsumTerm",
+    "parse", "diff", "differential", "vjp", "explain", "matrix_form", "Program", "Derivative", "EinsumTerm",
     "EinderivError", "EinderivSyntaxError", "IndexSizeError", "InputError",
     "set_memory_limit", "memory_limit", "__version__",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
@@ -321,6 +322,9 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except (EinderivError, UserError) as err:
         message = str(err).rstrip("\n") or type(err).__name__
+        # the Python hint sizes={'k': n} reads --sizes k=N on the command line
+        message = re.sub(r"sizes=\{'(\w+)': n\}", r"--sizes \1=N", message)
+        message = message.replace("sizes=", "--sizes ") if "sizes={" in message else message
         print(f"einderiv: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover

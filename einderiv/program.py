@@ -522,7 +522,7 @@ def differential(src, of=None, sizes=None) -> Program:
     """The differential (forward mode): each input A gets a tangent dA of its shape.
 
     >>> print(ed.differential("C_ik = A_ij B_jk"))
-    dC_ik = sum_j(dA_ij B_jk) + sum_j(A_ij dB_jk)
+    dC_ik = sum_j(A_ij dB_jk) + sum_j(B_jk dA_ij)
     """
     analysis, source = _as_analysis(src, sizes)
     of, statements = _statement_map(analysis, of)

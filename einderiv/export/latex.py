@@ -85,10 +85,10 @@ def term_latex(term: Term, free, taken) -> tuple[str, bool]:
     body = " ".join(numer)
     if denom:
         body = r"\frac{" + (body or "1") + "}{" + " ".join(denom) + "}"
+    if letters:
+        body = r"\sum" + _sub(letters) + " " + (body or "1")
     if c != 1 or not body:
         body = (_number(c) + " " + body).strip()
-    if letters:
-        body = r"\sum" + _sub(letters) + " " + body
     return body, negative
 
 
