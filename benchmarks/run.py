@@ -741,6 +741,11 @@ def meta_info(cfg, jax, torch, ed):
     with contextlib.suppress(Exception):
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--",
+                                "einderiv", "grammar"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        if commit and dirty:
+            commit += " + uncommitted changes"
     tg = None
     with contextlib.suppress(Exception):
         import tensorgrad  # noqa: F401
