@@ -144,6 +144,16 @@ class _Lowering:
                     return self.operand(f)
                 if isinstance(f, Tensor) and len(set(f.indices)) == len(f.indices):
                     return f.name, f.indices
+        key = None
+        if order is None and target is None:
+            # a nested expression seen before (Σ_i exp(x_i) in both 1/S and 1/S²) is reused
+            mapping = {i: f"#{k}" for k, i in enumerate(e.indices)}
+            key = ("expr", rename_expr(e, mapping))
+            hit = self.cache.get(key)
+            if hit is not None:
+                ref, axes = hit
+                back = {f"#{k}": i for k, i in enumerate(e.indices)}
+                return ref, tuple(back[a] for a in axes)
         order = tuple(e.indices) if order is None else tuple(order)
         dims = e.dim_map
         terms = []
@@ -161,6 +171,9 @@ class _Lowering:
             terms.append(EinsumTerm(float(t.coeff), tuple(sizes), operands, deltas))
         target = target or self.temp()
         self.plan.steps.append(ExprStep(target, order, tuple(dims[i] for i in order), terms))
+        if key is not None:
+            position = {i: f"#{k}" for k, i in enumerate(e.indices)}
+            self.cache[key] = (target, tuple(position[i] for i in order))
         return target, order
 
 
@@ -437,37 +450,36 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
         else:
             fn = None
         refs = tuple(ref for ref, _ in operands)
-        plans.append((coeff, refs, fn, term.deltas, expand, len(kept) == len(view_axes)))
+        plans.append((coeff, refs, fn, term.deltas, expand, len(kept) == len(view_axes),
+                      len(operands) >= 2))
 
     # fast path: one term, no δ, nothing broadcast: the einsum result is the value
     if len(plans) == 1 and not plans[0][3] and plans[0][5] and plans[0][2] is not None:
-        coeff, refs, fn, _, _, _ = plans[0]
+        coeff, refs, fn, _, _, _, fresh = plans[0]
         if coeff == 1.0:
             def run(env):
                 env[target] = fn(*[env[r] for r in refs])
+        elif fresh and backend == "numpy":
+            def run(env):
+                value = fn(*[env[r] for r in refs])
+                if type(value) is np.ndarray:
+                    np.multiply(value, coeff, out=value)  # a fresh result: scale in place
+                    env[target] = value
+                else:
+                    env[target] = coeff * value
         else:
             def run(env):
                 env[target] = coeff * fn(*[env[r] for r in refs])
         return run
 
-    xp = "torch" if backend == "torch" else ("numpy" if backend == "numpy" else "functional")
-    # full δ-free terms first: the first one (or the first two) make the output array
-    plans.sort(key=lambda p: not (p[5] and not p[3] and p[2] is not None))
-    pairable = (len(plans) >= 2 and all(p[5] and not p[3] and p[2] is not None for p in plans[:2])
-                and plans[0][0] == 1.0 and plans[1][0] in (1.0, -1.0) and xp == "numpy")
+    if backend == "numpy":
+        return _numpy_sum_runner(target, plans, order, out_shape, dtype)
+
+    xp = "torch" if backend == "torch" else "functional"
 
     def run(env):
         out = None
-        rest = plans
-        if pairable:
-            first, second = plans[0], plans[1]
-            a = first[2](*[env[r] for r in first[1]])
-            b = second[2](*[env[r] for r in second[1]])
-            out = np.add(a, b, dtype=dtype) if second[0] == 1.0 else np.subtract(a, b, dtype=dtype)
-            if not isinstance(out, np.ndarray):  # 0-d: keep an array, later terms add in place
-                out = np.asarray(out)
-            rest = plans[2:]
-        for coeff, refs, fn, deltas, expand, full in rest:
+        for coeff, refs, fn, deltas, expand, full, _ in plans:
             value = fn(*[env[r] for r in refs]) if fn is not None else None
             if xp != "functional":
                 if out is None and not deltas and full and value is not None:
@@ -478,19 +490,80 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
                 view = _diag_view(out, order, deltas, xp)[0] if deltas else out
                 if value is None:
                     view += coeff
-                    continue
-                if not full:
-                    value = value[expand]
-                if coeff == 1.0:
-                    view += value
-                elif coeff == -1.0:
-                    view -= value
+                elif coeff == 1.0:
+                    view += value[expand] if not full else value
                 else:
-                    view += coeff * value
+                    view += coeff * (value[expand] if not full else value)
             else:
                 out = _functional_add(out, value, coeff, deltas, expand, order, out_shape, env, refs, backend, dtype)
         if out is None:
             out = _zeros(out_shape, dtype, xp, env, ()) if xp != "functional" else _functional_zeros(out_shape, backend, dtype, env)
+        env[target] = out
+
+    return run
+
+
+def _numpy_sum_runner(target, plans, order, out_shape, dtype):
+    """Σ terms into one numpy array with as few passes and allocations as possible:
+    constants folded into one number, the first full term starting the output (in place
+    when its einsum result is fresh), two full terms combined by one add, δ terms added
+    through diagonal views."""
+    const = sum(p[0] for p in plans if p[2] is None and not p[3])
+    terms = [p for p in plans if not (p[2] is None and not p[3])]
+    terms.sort(key=lambda p: not (p[5] and not p[3] and p[2] is not None))
+    starts = bool(terms) and terms[0][5] and not terms[0][3] and terms[0][2] is not None
+    pairable = (starts and len(terms) >= 2 and terms[1][5] and not terms[1][3]
+                and terms[1][2] is not None and terms[0][0] == 1.0 and terms[1][0] in (1.0, -1.0))
+    def run(env):
+        pending = const
+        rest = terms
+        out = None
+        if pairable:
+            first, second = terms[0], terms[1]
+            a = first[2](*[env[r] for r in first[1]])
+            b = second[2](*[env[r] for r in second[1]])
+            out = np.add(a, b, dtype=dtype) if second[0] == 1.0 else np.subtract(a, b, dtype=dtype)
+            if type(out) is not np.ndarray:
+                out = np.asarray(out)
+            rest = terms[2:]
+        elif starts:
+            coeff, refs, fn, _, _, _, fresh = terms[0]
+            value = fn(*[env[r] for r in refs])
+            if fresh and type(value) is np.ndarray and value.dtype == dtype:
+                if coeff != 1.0:
+                    np.multiply(value, coeff, out=value)
+                out = value
+            elif coeff == 1.0:
+                out = np.add(value, pending, dtype=dtype) if pending else np.array(value, dtype=dtype)
+                pending = 0
+            elif coeff == -1.0:
+                out = np.subtract(pending, value, dtype=dtype) if pending else np.negative(value, dtype=dtype)
+                pending = 0
+            else:
+                out = np.multiply(value, coeff, dtype=dtype)
+            if type(out) is not np.ndarray:
+                out = np.asarray(out)
+            rest = terms[1:]
+        for coeff, refs, fn, deltas, expand, full, _ in rest:
+            if out is None:
+                out = np.zeros(out_shape, dtype=dtype)
+            view = _diag_view(out, order, deltas, "numpy")[0] if deltas else out
+            if fn is None:
+                view += coeff
+                continue
+            value = fn(*[env[r] for r in refs])
+            if not full:
+                value = value[expand]
+            if coeff == 1.0:
+                view += value
+            elif coeff == -1.0:
+                view -= value
+            else:
+                view += coeff * value
+        if out is None:
+            out = np.full(out_shape, pending, dtype=dtype) if pending else np.zeros(out_shape, dtype=dtype)
+        elif pending:
+            out += pending
         env[target] = out
 
     return run

@@ -51,6 +51,25 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
     perm_out = tuple(result_order.index(c) for c in so)
     identity_out = perm_out == tuple(range(len(perm_out)))
 
+    if not contracted:
+        # no sum: a broadcast product, not a matmul with an inner dimension of 1
+        def run(a, b):
+            a3 = a.transpose(perm_a).reshape((nb, na, 1))
+            b3 = b.transpose(perm_b).reshape((nb, 1, nbb))
+            c = np.multiply(a3, b3).reshape(result_shape)
+            return c if identity_out else c.transpose(perm_out)
+        return run
+
+    if nb == 1:
+        # one matrix product: 2-D views keep transposes as BLAS flags instead of copies
+        shape2_a, shape2_b = (na, nc), (nc, nbb)
+
+        def run(a, b):
+            c = np.matmul(a.transpose(perm_a).reshape(shape2_a),
+                          b.transpose(perm_b).reshape(shape2_b)).reshape(result_shape)
+            return c if identity_out else c.transpose(perm_out)
+        return run
+
     def run(a, b):
         a3 = a.transpose(perm_a).reshape(shape3_a)
         b3 = b.transpose(perm_b).reshape(shape3_b)
