@@ -10,12 +10,11 @@ The results are simplified as they are built.
 from __future__ import annotations
 
 from functools import singledispatch
-from fractions import Fraction
 from typing import Callable, Optional
 
 from . import simplify as S
 from .functions import FUNCTIONS
-from .ir import Delta, Expr, Func, Power, Size, Tensor, Term, rename_expr
+from .ir import Delta, Expr, Func, Power, Size, Tensor, Term, rename_expr, term_indices
 
 __all__ = ["derive", "delta_seed"]
 
@@ -56,9 +55,7 @@ def derive_term(term: Term, context: Expr, seed: Seed, wrt: dict):
 def _distribute(rest: Expr, df: Expr):
     """Terms of ``rest · df`` where the indices of ``rest``'s single term are all kept."""
     (r,) = rest.terms
-    taken = set()
-    from .ir import term_indices
-    taken.update(term_indices(r))
+    taken = set(term_indices(r))
     df = S.group(df)
     lifted = S._lift(df, taken | S._all_names(df) - set(df.indices))
     return [Term(r.coeff * t.coeff, r.factors + t.factors) for t in lifted]
@@ -142,6 +139,3 @@ def rename_result(e: Expr, lhs: tuple, used: tuple) -> Expr:
         renamed = S.expr(renamed.dim_map, renamed.terms)
     return renamed
 
-
-def fraction(x) -> Fraction:
-    return Fraction(x)

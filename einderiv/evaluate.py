@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import opt_einsum as oe
 
-from .errors import EinderivError, IndexSizeError, InputError
-from .functions import FUNCTIONS, backend_function
-from .ir import Delta, Expr, Func, Power, Size, Tensor, Term, rename_expr, term_indices
+from .errors import EinderivError, IndexSizeError
+from .functions import backend_function
+from .ir import Delta, Expr, Func, Power, Size, Tensor, rename_expr, term_indices
 from .simplify import const_value
 
-__all__ = ["lower", "Plan", "compile_plan", "set_memory_limit", "memory_limit", "EinsumStep"]
+__all__ = ["lower", "Plan", "compile_plan", "set_memory_limit", "memory_limit", "ExprStep"]
 
 _LETTERS = string.ascii_letters
 

@@ -7,14 +7,12 @@ elimination, the result, its shape in the chosen layout and its matrix form.
 
 from __future__ import annotations
 
-from fractions import Fraction
 
 from . import simplify as S
-from .diff import derive
 from .errors import EinderivError
 from .export.matrix import dimension_names, matrix_form
 from .export.text import format_expr, format_indices, split_term
-from .ir import Delta, Expr, Func, Power, Tensor, Term, factor_dims
+from .ir import Delta, Expr, Func, Power, Tensor, Term
 from .parser import split_tensor
 
 __all__ = ["explain", "matrix_form"]

@@ -100,7 +100,6 @@ def backend_function(name: str, backend: str):
     """The callable computing ``name`` elementwise for an array library."""
     if backend == "numpy":
         return FUNCTIONS[name].numpy
-    template = FUNCTIONS[name].templates.get(backend)
     if backend == "torch":
         import torch
         table = {
@@ -123,6 +122,5 @@ def backend_function(name: str, backend: str):
             "step": lambda x: jnp.heaviside(x, 0.0),
         }
         return table[name]
-    del template
     # dask and other numpy-protocol libraries: numpy's ufuncs dispatch to them
     return FUNCTIONS[name].numpy

@@ -90,7 +90,7 @@ class Program:
 
     def einsum(self) -> list:
         """Every term as an einsum: (target, subscripts, operand names, coefficient)."""
-        from .evaluate import ExprStep, _subscripts
+        from .evaluate import ExprStep
         out = []
         for step in self._lowered().steps:
             if isinstance(step, ExprStep):

@@ -14,7 +14,7 @@ from fractions import Fraction
 from .errors import EinderivError
 from .ir import (
     Delta, Expr, Func, Power, Size, Tensor, Term, factor_dims, factor_indices, fresh_index,
-    rename_expr, rename_factor, rename_term, term_dims, term_indices,
+    rename_factor, rename_term, term_dims, term_indices,
 )
 
 __all__ = [

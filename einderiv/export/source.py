@@ -8,14 +8,12 @@ User text appears in the source only as identifiers the grammar has already vali
 from __future__ import annotations
 
 import keyword
-import math
 
 import opt_einsum as oe
 
 from ..errors import EinderivError
 from ..evaluate import ExprStep, FuncStep, PowerStep, _subscripts
 from ..functions import FUNCTIONS
-from .text import format_indices
 
 __all__ = ["generate"]
 
@@ -107,7 +105,6 @@ def generate(program, target: str, name: str, shapes=None) -> str:
 
     lines = []
     uses_diag = False
-    ref_axes = {inp: None for inp in plan.inputs}
     temp_count = 0
     for step in plan.steps:
         if step.target not in names:
@@ -142,8 +139,6 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     doc = _docstring(program, plan, names)
     body = "\n".join("    " + line for line in lines)
     head = _HEADER[target]
-    if target == "numpy" or target == "torch":
-        pass
     helpers = _DIAG[target] if uses_diag else ""
     return (f"{head}{helpers}\n\ndef {name}({', '.join(params)}):\n{doc}{body}\n")
 
@@ -155,14 +150,9 @@ def _docstring(program, plan, names):
         lines.append("    " + extra)
     lines.append("")
     lines.append("    Inputs (axes by index):")
-    sample = {}
-    for st in program.statements:
-        from ..ir import tensor_names
-        del tensor_names
     for inp, dims in plan.input_dims.items():
         axes = ", ".join(_axis_label(program, inp, k, d) for k, d in enumerate(dims))
         lines.append(f"        {names[inp]}[{axes}]")
-    del sample
     for out, (ref, axes) in plan.outputs.items():
         st = program.statement(out)
         lines.append(f"    Returns {program.label(st).split(' = ')[0]} with axes ({', '.join(axes)}).")
@@ -283,5 +273,3 @@ def _dims_of(ref, plan, program):
             return _dims_of(step.source, plan, program)
     raise EinderivError(f"unknown reference {ref}")  # pragma: no cover
 
-
-del math
