@@ -186,10 +186,12 @@ class Program:
         for d in missing:
             raise EinderivError(f"no size for index '{d.lstrip('=')}': pass sizes={{'{d.lstrip('=')}': n}}")
         if backend not in ("numpy", "torch", "jax", "dask"):
+            import importlib
             try:
-                import opt_einsum.backends  # noqa: F401
-            except ImportError:  # pragma: no cover
-                pass
+                importlib.import_module(backend.split(".")[0])
+            except (ImportError, ValueError):
+                raise EinderivError(f"backend '{backend}' is not installed (numpy, torch, jax and "
+                                    "dask are supported; others that opt_einsum knows work too)") from None
         limit = max_bytes if max_bytes is not None else memory_limit()
         compiled = compile_plan(self._lowered(), dim_size, dtype, backend, limit)
         compiled.cast = backend == "numpy" and any(a.dtype != dtype for a in arrays.values())
