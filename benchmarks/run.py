@@ -791,6 +791,7 @@ def main(argv=None):
     if not cfg.use_torch:
         NOTES.append("torch disabled (--no-torch).")
     ed = load_einderiv()
+    meta = meta_info(cfg, jax, torch, ed)       # the commit of the einderiv just imported
 
     rows, sym = [], []
     for case in cfg.cases:
@@ -819,8 +820,7 @@ def main(argv=None):
             geo[which] = {k: geomean([r["ratios"].get(k) for r in rs])
                           for k in ("einderiv_over_jax_best", "einderiv_over_closed",
                                     "exported_over_closed", "jax_best_over_closed")}
-    res = {"meta": meta_info(cfg, jax, torch, ed), "rows": rows, "symbolic": sym,
-           "geomeans": geo}
+    res = {"meta": meta, "rows": rows, "symbolic": sym, "geomeans": geo}
     res["targets"] = evaluate_targets(rows, sym)
     res["meta"]["total_s"] = time.perf_counter() - t_start
 
