@@ -99,7 +99,11 @@ class Program:
         return out
 
     def to_source(self, target="numpy", name="derivative", shapes=None) -> str:
-        """Standalone Python source of a function over the inputs (numpy, torch or jax)."""
+        """Standalone Python source of a function over the inputs (numpy, torch or jax).
+
+        ``shapes={"A": (40, 32), ...}`` writes the numpy contraction paths into the source;
+        without it the generated function searches each path once per shapes and reuses it.
+        """
         from .export import to_source
         return to_source(self, target, name=name, shapes=shapes)
 

@@ -25,6 +25,19 @@ _HEADER = {
     "jax": "import jax\nimport jax.numpy as jnp\n",
 }
 
+_CONTRACT = '''
+_PATHS = {}
+
+
+def _contract(subscripts, *operands):
+    """opt_einsum with the contraction path searched once per shapes, then reused."""
+    key = (subscripts,) + tuple(op.shape for op in operands)
+    expression = _PATHS.get(key)
+    if expression is None:
+        expression = _PATHS[key] = oe.contract_expression(subscripts, *key[1:])
+    return expression(*operands)
+'''
+
 _DIAG = {
     "numpy": '''
 def _diagonal(out, groups):
@@ -140,6 +153,8 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     body = "\n".join("    " + line for line in lines)
     head = _HEADER[target]
     helpers = _DIAG[target] if uses_diag else ""
+    if target == "numpy" and dim_size is None and "_contract(" in body:
+        helpers = _CONTRACT + helpers
     return (f"{head}{helpers}\n\ndef {name}({', '.join(params)}):\n{doc}{body}\n")
 
 
@@ -173,7 +188,7 @@ def _contract_call(subs, operands, target, dim_size, shapes_of):
         if dim_size is not None:
             path, _ = oe.contract_path(subs, *shapes_of, shapes=True, optimize="auto")
             return f"oe.contract({subs!r}, {args}, optimize={path!r})"
-        return f"oe.contract({subs!r}, {args})"
+        return f"_contract({subs!r}, {args})"
     if target == "torch":
         return f"torch.einsum({subs!r}, {args})"
     return f"jnp.einsum({subs!r}, {args})"
