@@ -9,6 +9,7 @@ diagonal view of the output — never an identity matrix in a contraction.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import string
@@ -70,19 +71,33 @@ class Plan:
 
 
 def _canonical(node_indices, node):
-    """A key for a node up to the names of its free indices, and their canonical order."""
-    order = tuple(sorted(node_indices))
-    mapping = {i: f"#{k}" for k, i in enumerate(order)}
-    from .simplify import expr as canon
-    if isinstance(node, Func):
-        arg = rename_expr(node.arg, mapping)
-        key = Func(node.name, canon(arg.dim_map, arg.terms))
-    elif isinstance(node, Power):
-        base = rename_expr(node.base, mapping)
-        key = Power(canon(base.dim_map, base.terms), node.exponent)
-    else:
-        key = rename_expr(node, mapping)
-    return key, order
+    """A key for a node up to the names of its free indices, and the order of those indices
+    that the key's placeholders ``#0, #1, ...`` stand for.
+
+    The placeholders are assigned by trying the orders of the free indices and keeping the
+    smallest key, so ``tanh(W_ij x_bj)`` over (b, i) and over (n, i) get the same key.
+    """
+    from .simplify import expr as canon, expr_key, factor_key
+    names = sorted(node_indices)
+    orders = itertools.permutations(names) if len(names) <= 4 else [tuple(names)]
+    best = None
+    for order in orders:
+        mapping = {i: f"#{k}" for k, i in enumerate(order)}
+        if isinstance(node, Func):
+            arg = rename_expr(node.arg, mapping)
+            key = Func(node.name, canon(arg.dim_map, arg.terms))
+            rank = factor_key(key)
+        elif isinstance(node, Power):
+            base = rename_expr(node.base, mapping)
+            key = Power(canon(base.dim_map, base.terms), node.exponent)
+            rank = factor_key(key)
+        else:
+            key = rename_expr(node, mapping)
+            key = canon(key.dim_map, key.terms)
+            rank = expr_key(key)
+        if best is None or rank < best[0]:
+            best = (rank, key, tuple(order))
+    return best[1], best[2]
 
 
 class _Lowering:
@@ -147,12 +162,12 @@ class _Lowering:
         key = None
         if order is None and target is None:
             # a nested expression seen before (Σ_i exp(x_i) in both 1/S and 1/S²) is reused
-            mapping = {i: f"#{k}" for k, i in enumerate(e.indices)}
-            key = ("expr", rename_expr(e, mapping))
+            key, canon_order = _canonical(e.indices, e)
+            key = ("expr", key)
             hit = self.cache.get(key)
             if hit is not None:
-                ref, axes = hit
-                back = {f"#{k}": i for k, i in enumerate(e.indices)}
+                ref, axes, hit_order = hit
+                back = dict(zip(hit_order, canon_order))
                 return ref, tuple(back[a] for a in axes)
         order = tuple(e.indices) if order is None else tuple(order)
         dims = e.dim_map
@@ -172,8 +187,9 @@ class _Lowering:
         target = target or self.temp()
         self.plan.steps.append(ExprStep(target, order, tuple(dims[i] for i in order), terms))
         if key is not None:
-            position = {i: f"#{k}" for k, i in enumerate(e.indices)}
-            self.cache[key] = (target, tuple(position[i] for i in order))
+            position = {i: f"#{k}" for k, i in enumerate(canon_order)}
+            self.cache[key] = (target, tuple(position[i] for i in order),
+                               tuple(f"#{k}" for k in range(len(canon_order))))
         return target, order
 
 
@@ -318,6 +334,41 @@ def _diag_view(out, order, deltas, xp):
     return view, tuple(axes)
 
 
+def _diagonal_writer(order, deltas, out_shape, dtype):
+    """A fast maker of the δ view for numpy: the merged shape and the axis groups are fixed
+    now; a C-contiguous output gets its view through ``np.ndarray`` directly."""
+    parent = {i: i for i in order}
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a, b in deltas:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+    groups = {}
+    for axis, i in enumerate(order):
+        groups.setdefault(find(i), []).append(axis)
+    reps = list(dict.fromkeys(find(i) for i in order))
+    axis_groups = [groups[r] for r in reps]
+    shape = tuple(out_shape[g[0]] for g in axis_groups)
+    itemsize = np.dtype(dtype).itemsize
+    c_strides = [itemsize] * len(out_shape)
+    for k in range(len(out_shape) - 2, -1, -1):
+        c_strides[k] = c_strides[k + 1] * max(out_shape[k + 1], 1)
+    fixed = tuple(sum(c_strides[k] for k in g) for g in axis_groups)
+
+    def view(out):
+        if out.flags.c_contiguous and out.dtype == dtype and out.size:
+            return np.ndarray(shape, dtype=dtype, buffer=out, strides=fixed)
+        strides = [sum(out.strides[k] for k in g) for g in axis_groups]
+        return np.lib.stride_tricks.as_strided(out, shape, strides, writeable=True)
+
+    return view
+
+
 def compile_plan(plan: Plan, dim_size: dict, dtype, backend: str, max_bytes: int):
     """Bind a plan to sizes and a backend: paths chosen, memory checked, closures built."""
     runners = []
@@ -450,6 +501,14 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
         else:
             fn = None
         refs = tuple(ref for ref, _ in operands)
+        if fn is not None and coeff != 1.0 and len(operands) >= 2:
+            # scale the smallest operand instead of the (larger) result: one pass saved
+            sizes_of = [math.prod(shapes[ref]) for ref in refs]
+            k = min(range(len(refs)), key=sizes_of.__getitem__)
+            result_size = math.prod(dim_size[step.dims[order.index(i)]] for i in kept) if kept else 1
+            if sizes_of[k] < result_size:
+                fn = _scaled(fn, k, coeff)
+                coeff = 1.0
         plans.append((coeff, refs, fn, term.deltas, expand, len(kept) == len(view_axes),
                       len(operands) >= 2))
 
@@ -473,7 +532,7 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
         return run
 
     if backend == "numpy":
-        return _numpy_sum_runner(target, plans, order, out_shape, dtype)
+        return _numpy_sum_runner(target, plans, order, out_shape, np.dtype(dtype))
 
     xp = "torch" if backend == "torch" else "functional"
 
@@ -503,6 +562,14 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
     return run
 
 
+def _scaled(fn, k, coeff):
+    def run(*operands):
+        operands = list(operands)
+        operands[k] = operands[k] * coeff
+        return fn(*operands)
+    return run
+
+
 def _numpy_sum_runner(target, plans, order, out_shape, dtype):
     """Σ terms into one numpy array with as few passes and allocations as possible:
     constants folded into one number, the first full term starting the output (in place
@@ -510,6 +577,7 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
     through diagonal views."""
     const = sum(p[0] for p in plans if p[2] is None and not p[3])
     terms = [p for p in plans if not (p[2] is None and not p[3])]
+    writers = {tuple(p[3]): _diagonal_writer(order, p[3], out_shape, dtype) for p in terms if p[3]}
     terms.sort(key=lambda p: not (p[5] and not p[3] and p[2] is not None))
     starts = bool(terms) and terms[0][5] and not terms[0][3] and terms[0][2] is not None
     pairable = (starts and len(terms) >= 2 and terms[1][5] and not terms[1][3]
@@ -547,7 +615,7 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
         for coeff, refs, fn, deltas, expand, full, _ in rest:
             if out is None:
                 out = np.zeros(out_shape, dtype=dtype)
-            view = _diag_view(out, order, deltas, "numpy")[0] if deltas else out
+            view = writers[tuple(deltas)](out) if deltas else out
             if fn is None:
                 view += coeff
                 continue

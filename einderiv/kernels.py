@@ -32,6 +32,12 @@ def _prepare(sub: str, out_keep: set, shape: tuple):
 
 def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
     """``einsum(sa,sb->so)`` as one matmul; the operands have distinct indices."""
+    first_free = next((c for c in so if not (c in sa and c in sb)), None)
+    if first_free is not None and first_free not in sa:
+        # the output starts with b's indices: compute b·a so no transpose is left over
+        sa, sb, shape_a, shape_b = sb, sa, shape_b, shape_a
+        inner = _pair(sa, sb, so, shape_a, shape_b)
+        return lambda a, b: inner(b, a)
     size = dict(zip(sa, shape_a))
     size.update(zip(sb, shape_b))
     batch = [c for c in sa if c in sb and c in so]
