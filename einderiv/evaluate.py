@@ -274,6 +274,19 @@ def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict) ->
                     f"but index '{index}', which runs along it, has size {n} in {name} (axis {axis})")
             dim_size.setdefault(d, n)
             seen.setdefault(d, (name, axis, n))
+    for index, n in sizes.items():
+        found = False
+        for d, group in members.items():
+            if any(entry[2] == index for entry in group):
+                found = True
+                if d in dim_size and dim_size[d] != n:
+                    name, ax, m = seen[d]
+                    where = f"{name} has size {m} along it (axis {ax})" if name != "sizes" else f"it is {m}"
+                    raise IndexSizeError(f"sizes gives index '{index}' size {n}, but {where}")
+                dim_size.setdefault(d, n)
+                seen.setdefault(d, ("sizes", None, n))
+        if not found and not any(d == f"={index}" for d in members):
+            raise IndexSizeError(f"sizes gives index '{index}', which the formula does not use")
     for d, group in members.items():
         for tensor, axis, index, _ in group:
             if tensor == "sizes" and index in sizes:

@@ -112,7 +112,12 @@ class _Build(Transformer):
 
     def number(self, children):
         (tok,) = children
-        return Node("num", Fraction(str(tok)), (), tok.line, tok.column, 1)
+        value = Fraction(str(tok))
+        try:
+            float(value)
+        except OverflowError:
+            raise _Fail(f"the number {tok} is too large for float64", tok) from None
+        return Node("num", value, (), tok.line, tok.column, 1)
 
     def tensor(self, children):
         (tok,) = children

@@ -15,7 +15,7 @@ from . import simplify as S
 from .diff import delta_seed, derive, rename_result
 from .errors import EinderivError, InputError
 from .evaluate import compile_plan, lower, memory_limit, resolve_sizes
-from .export.text import format_expr, format_indices
+from .export.text import format_indices, format_statement
 from .ir import Expr, Tensor, Term, fresh_index, rename_expr, tensor_names
 from .parser import split_tensor, _Fail, _IDENT
 from .semantics import Analysis, Statement, analyze
@@ -67,7 +67,7 @@ class Program:
         return self._labels.get(st.name) or st.name + format_indices(st.indices)
 
     def __str__(self):
-        return "\n".join(f"{self.label(st)} = {format_expr(st.expr, set(st.indices))}"
+        return "\n".join(f"{self.label(st)} = {format_statement(st.expr, st.indices, st.dims)}"
                          for st in self.statements)
 
     def __repr__(self):

@@ -144,10 +144,11 @@ def analyze(text: str, sizes=None) -> Analysis:
         raise IndexSizeError(f"sizes gives index '{unknown[0]}', which the formula does not use "
                              f"(its indices: {' '.join(sorted(index_names))})")
 
-    # name every dimension: first input axis in order of appearance, else sizes=
+    # name every dimension: its first input axis by name, else sizes=
     input_order = list(input_ndim)
     reps: dict = {}
-    for name in input_order:
+    # the name of a dimension must not depend on the order tensors are written in
+    for name in sorted(input_order):
         for axis in range(input_ndim[name][0]):
             root = uf.find(("T", name, axis))
             reps.setdefault(root, f"{name}.{axis}")

@@ -596,7 +596,12 @@ def factor_common(e: Expr) -> Expr:
             terms = [t for k, t in enumerate(terms) if k not in members]
             continue
         grouped = group(inner)
-        new_terms = [Term(gt.coeff, gt.factors + (best,)) for gt in grouped.terms]
+        # the group's own summed indices must not meet the indices of the outer term
+        lifted = []
+        for gt in grouped.terms:
+            mapping = {i: fresh_index() for i in term_indices(gt) if i not in grouped.indices}
+            lifted.append(rename_term(gt, mapping) if mapping else gt)
+        new_terms = [Term(gt.coeff, gt.factors + (best,)) for gt in lifted]
         if len(grouped.terms) > 1:  # a δ inside: nothing gained
             break
         terms = [t for k, t in enumerate(terms) if k not in members] + new_terms

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from ..ir import Delta, Expr, Func, Power, Size, Tensor, Term, rename_term, term_indices
+from ..ir import Delta, Expr, Func, Power, Size, Tensor, Term, rename_term, term_dims, term_indices
 from ..simplify import const_value
 
-__all__ = ["format_expr", "format_number", "format_indices", "dummy_letters", "split_term"]
+__all__ = ["format_expr", "format_statement", "format_number", "format_indices", "dummy_letters",
+           "split_term"]
 
 POOL = "ijklmnabcdefghorstuvwxyz" + "αβγεζηθκλμνξπρστυφχψω"
 
@@ -55,13 +56,39 @@ def dummy_letters(count: int, taken: set) -> list[str]:
     return out
 
 
-def split_term(term: Term, free, taken: set):
-    """Rename a term's summed indices to letters; return (term, summed letters)."""
+def split_term(term: Term, free, taken: set, bindings: dict | None = None):
+    """Rename a term's summed indices to letters; return (term, summed letters).
+
+    With ``bindings`` (letter → dimension, shared by a whole statement) a letter is never
+    reused for another dimension, because a statement gives one index name one size.
+    """
     dummies = [i for i in term_indices(term) if i not in free]
     if not dummies:
         return term, []
-    letters = dummy_letters(len(dummies), set(taken) | set(free))
+    if bindings is None:
+        letters = dummy_letters(len(dummies), set(taken) | set(free))
+        return rename_term(term, dict(zip(dummies, letters))), letters
+    dims = term_dims(term.factors)
+    blocked = set(taken) | set(free)
+    letters = []
+    for d in dummies:
+        for letter in _letters():
+            if letter in blocked or letter in letters:
+                continue
+            bound = bindings.get(letter)
+            if bound is None or bound == dims.get(d):
+                break
+        bindings.setdefault(letter, dims.get(d))
+        letters.append(letter)
     return rename_term(term, dict(zip(dummies, letters))), letters
+
+
+def _letters():
+    yield from POOL
+    n = 0
+    while True:
+        yield f"s{n}"
+        n += 1
 
 
 def _exponent_of(factor):
@@ -83,8 +110,8 @@ def _atomic_base(base: Expr) -> bool:
     return isinstance(t.factors[0], (Tensor, Func, Delta, Size))
 
 
-def _format_power(base: Expr, n, taken) -> str:
-    body = format_expr(base, taken)
+def _format_power(base: Expr, n, taken, bindings=None) -> str:
+    body = format_expr(base, taken, bindings)
     if not _atomic_base(base):
         body = f"({body})"
     if n == 1:
@@ -95,37 +122,40 @@ def _format_power(base: Expr, n, taken) -> str:
     return f"{body}^{text}"
 
 
-def format_factor(f, taken: set) -> str:
+def format_factor(f, taken: set, bindings=None) -> str:
     if isinstance(f, Tensor):
         return f.name + format_indices(f.indices)
     if isinstance(f, Delta):
         return "δ" + format_indices((f.a, f.b))
     if isinstance(f, Size):
+        for letter, dim in (bindings or {}).items():
+            if dim == f.dim:
+                return f"sum_{letter}(1)"  # Σ_i 1, the size of i: reads back as written
         return f"n({f.dim.lstrip('=')})"
     if isinstance(f, Func):
-        return f"{f.name}({format_expr(f.arg, taken)})"
+        return f"{f.name}({format_expr(f.arg, taken, bindings)})"
     if isinstance(f, Power):
         n = const_value(f.exponent)
         if n is not None:
-            return _format_power(f.base, n, taken)
-        body = format_expr(f.base, taken)
+            return _format_power(f.base, n, taken, bindings)
+        body = format_expr(f.base, taken, bindings)
         if not _atomic_base(f.base):
             body = f"({body})"
-        return f"{body}^({format_expr(f.exponent, taken)})"
+        return f"{body}^({format_expr(f.exponent, taken, bindings)})"
     raise TypeError(f)
 
 
-def format_term(term: Term, free, taken: set) -> tuple[str, bool]:
+def format_term(term: Term, free, taken: set, bindings=None) -> tuple[str, bool]:
     """A term as text (without its sign) and whether it is negative."""
-    term, letters = split_term(term, free, taken)
+    term, letters = split_term(term, free, taken, bindings)
     inner_taken = set(taken) | set(free) | set(letters)
     numer, denom = [], []
     for f in term.factors:
         n = _exponent_of(f)
         if n is None:
-            numer.append(format_factor(f, inner_taken))
+            numer.append(format_factor(f, inner_taken, bindings))
         else:
-            denom.append(_format_power(f.base, -n, inner_taken))
+            denom.append(_format_power(f.base, -n, inner_taken, bindings))
     c = term.coeff
     negative = c < 0
     c = -c if negative else c
@@ -140,19 +170,29 @@ def format_term(term: Term, free, taken: set) -> tuple[str, bool]:
         if c != 1 and numer:
             lead = format_number(c) + " "
             body = " ".join(numer) + "".join(f" / {d}" for d in denom)
-        body = f"{lead}sum{format_indices(letters)}({body})"
+        shown = sorted(letters, key=lambda c: (POOL.find(c) if c in POOL else len(POOL), c))
+        body = f"{lead}sum{format_indices(shown)}({body})"
     return body, negative
 
 
-def format_expr(e: Expr, taken: set = frozenset()) -> str:
+def format_expr(e: Expr, taken: set = frozenset(), bindings=None) -> str:
     """An expression as text, summations explicit."""
     if not e.terms:
         return "0"
     out = []
     for n, t in enumerate(e.terms):
-        text, negative = format_term(t, e.indices, taken)
+        text, negative = format_term(t, e.indices, taken, bindings)
         if n == 0:
             out.append(f"-{text}" if negative else text)
         else:
             out.append(f" - {text}" if negative else f" + {text}")
     return "".join(out)
+
+
+def format_statement(e: Expr, lhs_indices, lhs_dims) -> str:
+    """The right-hand side of a statement, written so that it reads back as the same
+    statement: a summed letter is reused across terms only for the same dimension, and a
+    size prints as ``sum_i(1)`` with a letter of that dimension."""
+    bindings = dict(zip(lhs_indices, lhs_dims))
+    format_expr(e, set(lhs_indices), bindings)          # first pass: every letter's dimension
+    return format_expr(e, set(lhs_indices), bindings)
