@@ -33,14 +33,15 @@ letters for ``wrt`` are taken from ``WRT_LETTERS`` and never appear in a program
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
 from hypothesis import strategies as st
 
 __all__ = [
-    "programs", "GeneratedProgram", "random_inputs", "PROGRAM_LETTERS", "WRT_LETTERS",
-    "FUNCTIONS", "reference_eval", "fd_jacobian", "fd_hessian", "fd_directional",
+    "programs", "generate_program", "GeneratedProgram", "random_inputs", "PROGRAM_LETTERS", "WRT_LETTERS",
+    "FUNCTIONS", "reference_eval", "fd_jacobian", "fd_hessian", "fd_directional", "shrink", "rebuild",
 ]
 
 PROGRAM_LETTERS = "ijklmnuv"
@@ -235,6 +236,8 @@ class GeneratedProgram:
     sizes: dict              # index letter -> size
     out_shapes: dict         # statement name -> shape
     out_letters: dict        # statement name -> LHS letters
+    bounds: dict = field(default_factory=dict)   # statement name -> tracked bound on |value|
+    seed: int = 0
 
     @property
     def output(self):
@@ -249,7 +252,7 @@ class GeneratedProgram:
         return reference_eval(self, arrays, of=of, xp=xp, batched=batched)
 
     def __repr__(self):
-        return f"GeneratedProgram({self.text!r}, shapes={self.shapes})"
+        return f"GeneratedProgram(seed={self.seed}, text={self.text!r}, shapes={self.shapes})"
 
 
 # ---------------------------------------------------------------------------
@@ -266,7 +269,7 @@ _FUNCS = {
     "tanh": lambda xp, u: xp.tanh(u),
     "sinh": lambda xp, u: xp.sinh(u),
     "cosh": lambda xp, u: xp.cosh(u),
-    "sigmoid": lambda xp, u: 1.0 / (1.0 + xp.exp(-u)),
+    "sigmoid": lambda xp, u: 0.5 * (1.0 + xp.tanh(0.5 * u)),
     "softplus": lambda xp, u: xp.logaddexp(0.0, u),
     "relu": lambda xp, u: xp.maximum(u, 0.0),
     "abs": lambda xp, u: xp.abs(u),
@@ -419,7 +422,7 @@ def _eval_rows(prog, base, name, rows, of):
     return np.concatenate(res, axis=0)
 
 
-def fd_jacobian(prog, arrays, wrt, of=None, h=1e-3):
+def fd_jacobian(prog, arrays, wrt, of=None, h=5e-5):
     """d out / d wrt in numerator layout: shape out_shape + wrt_shape."""
     x = np.asarray(arrays[wrt], dtype=np.float64)
     n = x.size
@@ -436,7 +439,7 @@ def fd_jacobian(prog, arrays, wrt, of=None, h=1e-3):
     return jac
 
 
-def fd_hessian(prog, arrays, wrt, of=None, h=1e-3):
+def fd_hessian(prog, arrays, wrt, of=None, h=3e-4):
     """Second derivative of a scalar output: shape wrt_shape + wrt_shape.
 
     Richardson extrapolation of the 4-point mixed difference at h and 2h (error O(h^4)).
@@ -465,7 +468,7 @@ def fd_hessian(prog, arrays, wrt, of=None, h=1e-3):
     return hess.reshape(x.shape + x.shape)
 
 
-def fd_directional(prog, arrays, tangents, of=None, h=1e-3):
+def fd_directional(prog, arrays, tangents, of=None, h=5e-5):
     """d/ds out(inputs + s * tangents) at s = 0 (every input moves at once)."""
     over = {}
     for name in prog.inputs:
@@ -488,8 +491,9 @@ BIG = 30.0                 # squash any node whose bound exceeds this
 class _Ctx:
     """State of one program under construction."""
 
-    def __init__(self, draw, sizes, max_inputs):
-        self.draw = draw
+    def __init__(self, rng, sizes, max_inputs, max_depth=2):
+        self.rng = rng
+        self.max_depth = max_depth
         self.sizes = sizes
         self.max_inputs = max_inputs
         self.inputs = {}        # name -> shape (order of creation)
@@ -506,10 +510,13 @@ class _Ctx:
 
     # -- helpers ----------------------------------------------------------
     def choice(self, seq):
-        return self.draw(st.sampled_from(list(seq)))
+        return self.rng.choice(list(seq))
 
     def chance(self, p):
-        return self.draw(st.integers(0, 999)) < int(p * 1000)
+        return self.rng.random() < p
+
+    def integer(self, lo, hi):
+        return self.rng.randint(lo, hi)
 
     def free_letters(self, size=None):
         return [l for l in PROGRAM_LETTERS
@@ -523,8 +530,8 @@ class _Ctx:
 
 
 def _new_input_shape(ctx):
-    ndim = ctx.draw(st.sampled_from([0, 1, 1, 1, 2, 2, 2, 3, 3, 4]))
-    return tuple(ctx.draw(st.sampled_from([2, 3])) for _ in range(ndim))
+    ndim = ctx.choice([0, 1, 1, 1, 2, 2, 2, 3, 3, 4])
+    return tuple(ctx.choice([2, 3]) for _ in range(ndim))
 
 
 def _pick_tensor(ctx, need_size=None, only_inputs=False):
@@ -581,7 +588,7 @@ def _access(ctx, local=(), force=None, only_inputs=False):
     if letters is None:
         return None
     ctx.note_use(letters)
-    style = ctx.draw(st.sampled_from([0, 0, 0, 1, 2])) if len(letters) > 0 else 0
+    style = ctx.choice([0, 0, 0, 1, 2]) if len(letters) > 0 else 0
     if len(letters) == 1 and style == 2:
         style = 1
     return Access(name, letters, style), bound, is_input
@@ -781,9 +788,14 @@ def _delta(ctx, local):
 
 def _factor(ctx, depth, local):
     """(factor node, bound)."""
-    kinds = ["access"] * 6 + ["num"] + ["func"] * 3 + ["sum"] + ["paren"] + ["delta"]
-    if depth >= 3:
-        kinds = ["access"] * 4 + ["num"]
+    if depth >= ctx.max_depth:
+        kinds = ["access"] * 6 + ["num"] + ["delta"]
+    elif depth == 0:
+        kinds = ["access"] * 6 + ["num"] + ["func"] * 3 + ["sum"] * 2 + ["paren"] + ["delta"]
+    elif depth == 1:
+        kinds = ["access"] * 8 + ["num"] + ["func"] * 2 + ["sum"] + ["paren"] + ["delta"]
+    else:
+        kinds = ["access"] * 6 + ["num"] + ["delta"]
     kind = ctx.choice(kinds)
     node = None
     if kind == "func":
@@ -846,7 +858,7 @@ def _divisor(ctx, depth, local):
 
 def _term(ctx, depth, local):
     """(Term, bound)."""
-    nf = ctx.draw(st.integers(1, 3 if depth < 2 else 2))
+    nf = ctx.integer(1, 3 if depth == 0 else 2)
     factors = []
     bound = 1.0
     letters = list(local)
@@ -872,7 +884,7 @@ def _term(ctx, depth, local):
 
 def _expr(ctx, depth, local):
     """(Add, bound): terms combined by broadcasting (no implicit sums inside)."""
-    nt = ctx.draw(st.integers(1, 3 if depth < 2 else 1))
+    nt = ctx.integer(1, 2 if depth < 2 else 1)
     terms, bound = [], 0.0
     for _ in range(nt):
         t, b = _term(ctx, depth, local)
@@ -883,7 +895,7 @@ def _expr(ctx, depth, local):
 
 def _statement(ctx, name, is_last, prev_names, max_lhs):
     ctx.reset_statement()
-    nt = ctx.draw(st.integers(1, 3))
+    nt = ctx.integer(1, 3)
     terms, term_bounds = [], []
     for n in range(nt):
         t, b = _term(ctx, 0, ())
@@ -908,16 +920,54 @@ def _statement(ctx, name, is_last, prev_names, max_lhs):
                     terms.append(Term(ctx.chance(0.3), [("*", acc, False)]))
                     term_bounds.append(ctx.stmt_bounds[pname])
     rhs = Add(terms, spaced=ctx.chance(0.9))
-    carried = [l for l in ctx.used if l not in ctx.bound_letters]
-    k = ctx.draw(st.integers(0, min(max_lhs, len(carried))))
-    lhs = tuple(ctx.draw(st.permutations(carried))[:k]) if k else ()
-    stmt = Statement(name, lhs, rhs, style=ctx.draw(st.sampled_from([0, 0, 1])) if lhs else 0)
+    # letters that an array really carries (choices abandoned half-way may have noted more)
+    arrays = _array_letters(rhs)
+    _drop_bad_deltas(rhs, arrays)
+    carried = [l for l in ctx.used if l in arrays and l not in ctx.bound_letters]
+    k = ctx.integer(0, min(max_lhs, len(carried)))
+    lhs = tuple(ctx.rng.sample(carried, k)) if k else ()
+    stmt = Statement(name, lhs, rhs, style=ctx.choice([0, 0, 1]) if lhs else 0)
     # bound of the result: each term summed over its letters not on the LHS
     bound = 0.0
     for t, b in zip(terms, term_bounds):
         summed = [l for l in t.carried() if l not in lhs]
         bound += b * math.prod(ctx.sizes[l] for l in summed)
     return stmt, bound
+
+
+def _walk(node):
+    """Every node of a tree (pre-order)."""
+    yield node
+    if isinstance(node, Add):
+        for t in node.terms:
+            yield from _walk(t)
+    elif isinstance(node, Term):
+        for _, f, _ in node.factors:
+            yield from _walk(f)
+    elif isinstance(node, Pow):
+        yield from _walk(node.base)
+        yield from _walk(node.exponent)
+    elif isinstance(node, Paren):
+        yield from _walk(node.expr)
+    elif isinstance(node, Func):
+        yield from _walk(node.arg)
+    elif isinstance(node, Sum):
+        yield from _walk(node.body)
+
+
+def _array_letters(rhs):
+    return {l for n in _walk(rhs) if isinstance(n, Access) for l in n.letters}
+
+
+def _drop_bad_deltas(rhs, arrays):
+    """A δ whose letter no array carries would leave that index without a size: drop it."""
+    for n in _walk(rhs):
+        if isinstance(n, Term):
+            for k, (op, f, jux) in enumerate(n.factors):
+                if isinstance(f, Delta) and not {f.a, f.b} <= arrays:
+                    n.factors[k] = (op, Num("2"), False)
+        if isinstance(n, Pow) and isinstance(n.base, Delta) and not {n.base.a, n.base.b} <= arrays:
+            n.base = Num("2")
 
 
 def _collect_names(node, acc):
@@ -959,18 +1009,25 @@ def _input_order(statements, inputs):
     return tuple(order)
 
 
-@st.composite
-def programs(draw, max_statements=4, scalar_output=None, max_inputs=4, max_lhs=4):
-    """A random well-formed program (see the module docstring).
+def generate_program(seed, max_statements=4, scalar_output=False, max_inputs=4, max_lhs=4,
+                     max_depth=2):
+    """The program for ``seed`` (deterministic): see the module docstring.
 
-    ``scalar_output=True`` forces the last statement to have no free index (for Hessians).
+    ``scalar_output=True`` makes the last statement have no free index (for Hessians);
+    ``max_depth`` bounds the nesting of functions, sums and groups (2: a function inside a
+    function; 1: function arguments hold no further functions).
     """
-    letters = list(PROGRAM_LETTERS)
-    sizes_list = [2, 2, 2, 2, 3, 3, 3, 3]
-    perm = draw(st.permutations(sizes_list))
-    sizes = dict(zip(letters, perm))
-    ctx = _Ctx(draw, sizes, max_inputs)
-    nstmt = draw(st.integers(1, max_statements))
+    rng = random.Random(seed)
+    while True:
+        prog = _generate(rng, seed, max_statements, scalar_output, max_inputs, max_lhs, max_depth)
+        if prog.inputs:
+            return prog
+
+
+def _generate(rng, seed, max_statements, scalar_output, max_inputs, max_lhs, max_depth):
+    sizes = dict(zip(PROGRAM_LETTERS, rng.sample([2, 2, 2, 2, 3, 3, 3, 3], 8)))
+    ctx = _Ctx(rng, sizes, max_inputs, max_depth)
+    nstmt = rng.randint(1, max_statements)
     statements = []
     for n in range(nstmt):
         last = n == nstmt - 1
@@ -984,24 +1041,33 @@ def programs(draw, max_statements=4, scalar_output=None, max_inputs=4, max_lhs=4
         statements.append(stmt)
         ctx.stmt_shapes[name] = tuple(sizes[l] for l in stmt.letters)
         ctx.stmt_bounds[name] = bound
-    seps = [draw(st.sampled_from(["\n", "\n", "; ", ";", "\n\n", "\n# comment\n"]))
+    seps = [rng.choice(["\n", "\n", "; ", ";", "\n\n", "\n# comment\n"])
             for _ in range(len(statements) - 1)]
     text = statements[0].text()
     for sep, s in zip(seps, statements[1:]):
         text += sep + s.text()
-    if draw(st.booleans()):
-        text = draw(st.sampled_from(["", "# program\n", "\n"])) + text + draw(st.sampled_from(["", "\n", "  # end"]))
+    if rng.random() < 0.3:
+        text = rng.choice(["", "# program\n", "\n"]) + text + rng.choice(["", "\n", "  # end"])
     inputs = _input_order(statements, ctx.inputs)
-    shapes = {n: ctx.inputs[n] for n in inputs}
-    used_letters = set()
-    for s in statements:
-        used_letters.update(_all_letters(s))
     return GeneratedProgram(
-        statements=statements, text=text, shapes=shapes, inputs=inputs,
+        statements=statements, text=text,
+        shapes={n: ctx.inputs[n] for n in inputs}, inputs=inputs,
         sizes={l: sizes[l] for l in PROGRAM_LETTERS},
         out_shapes={s.name: tuple(sizes[l] for l in s.letters) for s in statements},
         out_letters={s.name: s.letters for s in statements},
+        bounds=dict(ctx.stmt_bounds), seed=seed,
     )
+
+
+def programs(**kwargs):
+    """Hypothesis strategy: ``generate_program`` of a drawn seed.
+
+    The tree is built with ``random.Random(seed)`` rather than one hypothesis draw per
+    choice: that is ~40x faster, which is what lets a CI run check thousands of programs.
+    Hypothesis still controls (and with ``derandomize=True`` fixes) the seeds; a failure
+    reports the seed and the program text.
+    """
+    return st.integers(0, 2 ** 63 - 1).map(lambda seed: generate_program(seed, **kwargs))
 
 
 def _all_letters(stmt):
@@ -1024,3 +1090,133 @@ def _all_letters(stmt):
 
     walk(stmt.rhs)
     return found
+
+
+# ---------------------------------------------------------------------------
+# shrinking (a debugging aid: the minimal program that still fails)
+# ---------------------------------------------------------------------------
+
+def rebuild(prog, statements):
+    """A GeneratedProgram for edited ``statements`` (None when they are not well formed)."""
+    names = [s.name for s in statements]
+    shapes_all = dict(prog.shapes)
+    for k, s in enumerate(statements):
+        arrays = _array_letters(s.rhs)
+        if not set(s.letters) <= arrays:
+            return None
+        for n in _walk(s.rhs):
+            if isinstance(n, Delta) and not {n.a, n.b} <= arrays:
+                return None
+            if isinstance(n, Access) and n.name in names and names.index(n.name) >= k:
+                return None
+    inputs = _input_order(statements, {n: shp for n, shp in shapes_all.items()})
+    if not inputs:
+        return None
+    text = "\n".join(s.text() for s in statements)
+    return GeneratedProgram(
+        statements=statements, text=text, shapes={n: shapes_all[n] for n in inputs},
+        inputs=inputs, sizes=dict(prog.sizes),
+        out_shapes={s.name: tuple(prog.sizes[l] for l in s.letters) for s in statements},
+        out_letters={s.name: s.letters for s in statements}, seed=prog.seed)
+
+
+def _edits(prog):
+    """Smaller variants of ``prog`` (each a list of statements), simplest first."""
+    import copy
+    n_st = len(prog.statements)
+    # drop an earlier statement (its uses become the number 1.5)
+    for k in range(n_st - 1):
+        sts = copy.deepcopy(prog.statements)
+        gone = sts.pop(k).name
+        for s in sts:
+            for n in _walk(s.rhs):
+                if isinstance(n, Term):
+                    n.factors = [(op, Num("1.5") if isinstance(f, Access) and f.name == gone else f, j)
+                                 for op, f, j in n.factors]
+                if isinstance(n, Pow) and isinstance(n.base, Access) and n.base.name == gone:
+                    n.base = Num("1.5")
+        yield sts
+    # drop a letter of the output
+    last = prog.statements[-1]
+    for k in range(len(last.letters)):
+        sts = copy.deepcopy(prog.statements)
+        sts[-1].letters = last.letters[:k] + last.letters[k + 1:]
+        yield sts
+    # node edits, by position in a pre-order walk
+    count = sum(1 for s in prog.statements for _ in _walk(s.rhs))
+    for pos in range(count):
+        for variant in range(6):
+            sts = copy.deepcopy(prog.statements)
+            nodes = [n for s in sts for n in _walk(s.rhs)]
+            node = nodes[pos]
+            ok = _apply_edit(node, variant)
+            if ok:
+                yield sts
+
+
+def _apply_edit(node, variant):
+    if isinstance(node, Add):
+        if variant < len(node.terms) and len(node.terms) > 1:
+            del node.terms[variant]
+            return True
+        return False
+    if isinstance(node, Term):
+        if variant == 5 and node.neg:
+            node.neg = False
+            return True
+        if variant < len(node.factors) and len(node.factors) > 1:
+            del node.factors[variant]
+            op, f, j = node.factors[0]
+            node.factors[0] = ("*", f, False)
+            return True
+        if variant == 4:
+            # replace a factor by its inside
+            for k, (op, f, j) in enumerate(node.factors):
+                inner = _inner(f)
+                if inner is not None:
+                    node.factors[k] = (op, inner, j)
+                    return True
+        if variant == 3:
+            for k, (op, f, j) in enumerate(node.factors):
+                if not isinstance(f, Num):
+                    node.factors[k] = (op, Num("2"), False)
+                    return True
+        return False
+    if isinstance(node, Pow) and variant == 0 and isinstance(node.exponent, Access):
+        node.exponent = Num("2")
+        return True
+    if isinstance(node, Access) and variant == 0 and len(set(node.letters)) < len(node.letters):
+        return False
+    return False
+
+
+def _inner(f):
+    if isinstance(f, Func):
+        return Paren(f.arg)
+    if isinstance(f, Sum):
+        return Paren(f.body)
+    if isinstance(f, Pow):
+        return f.base
+    if isinstance(f, Paren) and len(f.expr.terms) == 1 and len(f.expr.terms[0].factors) == 1 \
+            and not f.expr.terms[0].neg:
+        return f.expr.terms[0].factors[0][1]
+    return None
+
+
+def shrink(prog, fails, max_rounds=200):
+    """Greedy shrinking: the smallest variant of ``prog`` for which ``fails(variant)`` holds."""
+    for _ in range(max_rounds):
+        for sts in _edits(prog):
+            cand = rebuild(prog, sts)
+            if cand is None or len(cand.text) >= len(prog.text):
+                continue
+            try:
+                bad = fails(cand)
+            except Exception:
+                bad = False
+            if bad:
+                prog = cand
+                break
+        else:
+            return prog
+    return prog

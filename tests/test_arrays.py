@@ -1,0 +1,246 @@
+"""Arrays: sizes, missing/extra inputs, axes, dtypes, complex, NaN/inf, zero-size axes,
+and the memory guard (README "Decisions where the specification is silent")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import einderiv as ed
+
+MATMUL = "C_ik = A_ij B_jk"
+
+
+def _ones(*shape, dtype=np.float64):
+    return np.ones(shape, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------
+# sizes and inputs
+# ---------------------------------------------------------------------------
+
+def test_size_mismatch_names_index_tensors_and_sizes():
+    with pytest.raises(ed.EinderivError) as info:
+        ed.parse(MATMUL).evaluate(A=_ones(2, 3), B=_ones(4, 5))
+    msg = str(info.value)
+    assert "'j'" in msg or " j " in msg, msg
+    assert "A" in msg and "B" in msg, msg
+    assert "3" in msg and "4" in msg, msg
+
+
+def test_size_mismatch_within_one_tensor():
+    with pytest.raises(ed.EinderivError) as info:
+        ed.parse("t = A_ii").evaluate(A=_ones(2, 3))
+    msg = str(info.value)
+    assert "i" in msg and "A" in msg and "2" in msg and "3" in msg, msg
+
+
+def test_size_mismatch_across_statements():
+    src = "h_i = x_i; L_j = h_j y_j"
+    with pytest.raises(ed.EinderivError) as info:
+        ed.parse(src).evaluate(x=_ones(2), y=_ones(3))
+    assert "2" in str(info.value) and "3" in str(info.value)
+
+
+def test_size_mismatch_in_derivative_evaluation():
+    d = ed.diff(MATMUL, wrt="A_pq")
+    with pytest.raises(ed.EinderivError) as info:
+        d.evaluate(A=_ones(2, 3), B=_ones(4, 5))
+    assert "3" in str(info.value) and "4" in str(info.value)
+
+
+@pytest.mark.xfail(strict=True, reason="core bug B6: sizes= that contradicts an array is "
+                   "silently ignored (README: two sizes for one index raise IndexSizeError)")
+def test_sizes_argument_conflicting_with_array():
+    with pytest.raises(ed.EinderivError):
+        ed.parse("y_i = x_i").evaluate(x=_ones(3), sizes={"i": 4})
+
+
+def test_missing_input():
+    with pytest.raises(ed.EinderivError) as info:
+        ed.parse(MATMUL).evaluate(A=_ones(2, 3))
+    assert "B" in str(info.value)
+
+
+def test_extra_input():
+    with pytest.raises(ed.EinderivError) as info:
+        ed.parse(MATMUL).evaluate(A=_ones(2, 3), B=_ones(3, 2), Z=_ones(1))
+    assert "Z" in str(info.value)
+
+
+@pytest.mark.parametrize("shape", [(2,), (2, 3, 1), (), (2, 3, 4, 5)])
+def test_wrong_number_of_axes(shape):
+    with pytest.raises(ed.EinderivError) as info:
+        ed.parse(MATMUL).evaluate(A=np.ones(shape), B=_ones(3, 2))
+    msg = str(info.value)
+    assert "A" in msg and str(len(shape)) in msg, msg
+
+
+def test_non_array_input():
+    for bad in ["abc", None, {"a": 1}, [[1, 2], [3]]]:
+        try:
+            ed.parse("y_i = x_i").evaluate(x=bad)
+        except ed.EinderivError as e:
+            assert str(e).strip()
+        except (TypeError, ValueError) as e:   # numpy's own conversion errors
+            assert not isinstance(e, RecursionError)
+
+
+def test_python_lists_and_scalars_are_accepted():
+    prog = ed.parse("L = x_i A_ij x_j")
+    got = prog.evaluate(x=[1.0, 2.0], A=[[1.0, 0.0], [0.0, 1.0]])
+    assert np.isclose(got, 5.0)
+    assert np.isclose(ed.parse("L = a b").evaluate(a=2.0, b=3), 6.0)
+
+
+# ---------------------------------------------------------------------------
+# dtypes
+# ---------------------------------------------------------------------------
+
+def test_integer_inputs_promote_to_float64():
+    a = np.arange(6).reshape(2, 3)
+    b = np.arange(6).reshape(3, 2)
+    got = ed.parse(MATMUL).evaluate(A=a, B=b)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, a @ b)
+    d = ed.diff("L = x_i^2", wrt="x").evaluate(x=np.array([1, 2, 3]))
+    assert d.dtype == np.float64
+    np.testing.assert_array_equal(d, [2.0, 4.0, 6.0])
+
+
+def test_boolean_inputs_promote_to_float64():
+    got = ed.parse("L = x_i y_i").evaluate(x=np.array([True, False]), y=np.array([True, True]))
+    assert np.asarray(got).dtype == np.float64 and got == 1.0
+
+
+def test_float32_stays_float32():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 4)).astype(np.float32)
+    b = rng.standard_normal((4, 2)).astype(np.float32)
+    got = ed.parse(MATMUL).evaluate(A=a, B=b)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-5)
+    d = ed.diff("L = tanh(sum_j(W_ij x_j))", wrt="W").evaluate(W=a, x=b[:, 0])
+    assert d.dtype == np.float32
+
+
+def test_mixed_dtypes_follow_numpy_result_type():
+    a = np.ones((2, 3), dtype=np.float32)
+    b = np.ones((3, 2), dtype=np.float64)
+    assert ed.parse(MATMUL).evaluate(A=a, B=b).dtype == np.result_type(a, b)
+    c = np.ones((3, 2), dtype=np.int64)
+    assert ed.parse(MATMUL).evaluate(A=a, B=c).dtype == np.result_type(a, np.float64) or \
+        ed.parse(MATMUL).evaluate(A=a, B=c).dtype == np.float32
+
+
+def test_complex_inputs_raise_a_clear_error():
+    with pytest.raises(ed.EinderivError) as info:
+        ed.parse(MATMUL).evaluate(A=_ones(2, 3) * 1j, B=_ones(3, 2))
+    assert "complex" in str(info.value) and "A" in str(info.value)
+    with pytest.raises(ed.EinderivError):
+        ed.diff(MATMUL, wrt="A").evaluate(A=_ones(2, 3), B=_ones(3, 2).astype(complex))
+
+
+# ---------------------------------------------------------------------------
+# NaN, inf, zero-size axes
+# ---------------------------------------------------------------------------
+
+def test_nan_and_inf_propagate():
+    x = np.array([1.0, np.nan, np.inf, -np.inf])
+    with np.errstate(all="ignore"):
+        got = ed.parse("y_i = exp(x_i) + x_i^2").evaluate(x=x)
+        want = np.exp(x) + x ** 2
+        np.testing.assert_array_equal(got, want)
+        d = ed.diff("y_i = tanh(x_i) x_i", wrt="x").evaluate(x=x)
+    assert d.shape == (4, 4)
+    assert np.isnan(d[1, 1])
+    assert np.isfinite(d[0, 0])
+    with np.errstate(all="ignore"):
+        s = ed.parse("L = x_i").evaluate(x=x[:2])
+    assert np.isnan(s)
+
+
+def test_nan_in_a_contraction_does_not_crash():
+    a = np.ones((2, 3))
+    a[0, 1] = np.nan
+    with np.errstate(all="ignore"):
+        got = ed.parse(MATMUL).evaluate(A=a, B=_ones(3, 2))
+        g = ed.vjp(MATMUL, wrt="B", cotangent="G").evaluate(A=a, B=_ones(3, 2), G=_ones(2, 2))
+    assert np.isnan(got[0]).all() and np.isfinite(got[1]).all()
+    assert np.isnan(g[1]).all()
+
+
+def test_division_by_zero_gives_inf_not_an_exception():
+    with np.errstate(all="ignore"):
+        got = ed.parse("y_i = 1 / x_i").evaluate(x=np.array([0.0, 2.0]))
+    assert np.isinf(got[0]) and got[1] == 0.5
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [((0, 3), (3, 2)), ((2, 0), (0, 2)), ((0, 0), (0, 0))])
+def test_zero_size_axes(shape_a, shape_b):
+    a, b = np.ones(shape_a), np.ones(shape_b)
+    got = ed.parse(MATMUL).evaluate(A=a, B=b)
+    np.testing.assert_array_equal(got, a @ b)
+    d = ed.diff(MATMUL, wrt="A_pq").evaluate(A=a, B=b)
+    assert d.shape == (shape_a[0], shape_b[1]) + shape_a
+    v = ed.vjp(MATMUL, wrt="A", cotangent="G").evaluate(A=a, B=b, G=np.ones((shape_a[0], shape_b[1])))
+    np.testing.assert_array_equal(v, np.ones((shape_a[0], shape_b[1])) @ b.T)
+
+
+def test_zero_size_sum_is_zero():
+    assert ed.parse("L = sum_i(exp(x_i))").evaluate(x=np.ones(0)) == 0.0
+    assert ed.parse("L = log(sum_i(exp(x_i)))").evaluate(x=np.array([0.0])) == 0.0
+
+
+# ---------------------------------------------------------------------------
+# the memory guard
+# ---------------------------------------------------------------------------
+
+def test_memory_guard_names_shape_and_bytes():
+    prog = ed.parse(MATMUL)
+    with pytest.raises(ed.EinderivError) as info:
+        prog.evaluate(A=_ones(200, 300), B=_ones(300, 400), max_bytes=10_000)
+    msg = str(info.value)
+    assert "(200, 400)" in msg, msg
+    assert "B" in msg or "byte" in msg.lower() or "KiB" in msg or "MiB" in msg, msg
+
+
+def test_memory_guard_refuses_a_huge_outer_product_without_allocating():
+    # 1e5 x 1e5 float64 = 80 GB: must be refused before numpy tries to allocate it
+    prog = ed.parse("C_ij = x_i y_j")
+    x = np.ones(100_000)
+    with pytest.raises(ed.EinderivError) as info:
+        prog.evaluate(x=x, y=x)
+    assert "(100000, 100000)" in str(info.value)
+
+
+def test_memory_guard_covers_derivatives_and_intermediates():
+    # the Jacobian of an outer product is 4-D: 300^4 * 8 B = 64.8 GB
+    d = ed.diff("C_ij = x_i y_j", wrt="x_p")
+    x = np.ones(300)
+    with pytest.raises(ed.EinderivError):
+        d.evaluate(x=x, y=x, max_bytes=1_000_000)
+    # an intermediate, not the result, is what is too big
+    prog = ed.parse("h_ij = x_i y_j; L = h_ij")
+    with pytest.raises(ed.EinderivError):
+        prog.evaluate(x=np.ones(2000), y=np.ones(2000), max_bytes=1_000_000)
+
+
+def test_set_memory_limit_is_global_and_restorable():
+    old = ed.memory_limit()
+    try:
+        ed.set_memory_limit(10_000)
+        with pytest.raises(ed.EinderivError):
+            ed.parse(MATMUL).evaluate(A=_ones(100, 100), B=_ones(100, 100))
+        # max_bytes= overrides it for one call
+        ed.parse(MATMUL).evaluate(A=_ones(100, 100), B=_ones(100, 100), max_bytes=10 ** 9)
+    finally:
+        ed.set_memory_limit(None)
+    assert ed.memory_limit() > 0
+    ed.parse(MATMUL).evaluate(A=_ones(100, 100), B=_ones(100, 100))
+    assert old > 0
+
+
+def test_small_evaluations_pass_the_guard():
+    got = ed.parse(MATMUL).evaluate(A=_ones(2, 3), B=_ones(3, 4), max_bytes=10_000)
+    np.testing.assert_array_equal(got, np.full((2, 4), 3.0))
