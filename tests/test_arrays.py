@@ -49,8 +49,6 @@ def test_size_mismatch_in_derivative_evaluation():
     assert "3" in str(info.value) and "4" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug B6: sizes= that contradicts an array is "
-                   "silently ignored (README: two sizes for one index raise IndexSizeError)")
 def test_sizes_argument_conflicting_with_array():
     with pytest.raises(ed.EinderivError):
         ed.parse("y_i = x_i").evaluate(x=_ones(3), sizes={"i": 4})

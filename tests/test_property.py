@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import HealthCheck, Phase, given, note, reject, settings
 from hypothesis import strategies as st
 
 import einderiv as ed
@@ -58,18 +58,21 @@ RTOL_1 = 1e-6      # first derivatives vs finite differences
 RTOL_2 = 1e-5      # second derivatives vs finite differences
 
 
-# Known core bugs (docs/reliability.md lists them with their minimal programs):
-#  B1  like-term merging captures summation indices (wrong values, or a raw ValueError
-#      from opt_einsum when the captured indices have different sizes)
-#  B2  str() writes a size factor as 'n(x.0)', which does not parse
-#  B3  str() reuses dummy letters across terms and so ties independent sizes
-#  B4  parse(str(p)) != p for folded constants
-# Each property test below hits them on some of its programs; the markers are strict, so a
-# test that starts passing fails until its marker is removed.
-_XFAIL_B1 = pytest.mark.xfail(strict=True, reason="core bug B1: merged terms capture "
-                              "summation indices (see test_bug_merged_terms_*)")
-_XFAIL_TEXT = pytest.mark.xfail(strict=True, reason="core bugs B2-B4: text form does not "
-                                "round-trip (see test_bug_text_form_*)")
+# Known core bugs at the last run (docs/reliability.md lists them with their programs):
+#  B4  parse() keeps only ~14 significant digits of a number literal, so a folded constant
+#      does not survive str() -> parse()  (test_bug_folded_constant_round_trip)
+#  B7  a δ term broadcast along an index loses that index's size
+#      (test_bug_broadcast_delta_term_loses_a_size_factor)
+#  B8  exported numpy code breaks when an intermediate is a constant ('h = 1.5'):
+#      '(t2)[None]' / '.shape' on a Python float (test_bug_export_with_a_constant_intermediate)
+#  B9  wrong second derivatives / differentials on some random programs (not yet minimized;
+#      the failing seeds are printed by the tests)
+# The property tests hit these on some of their programs; the markers are strict, so a test
+# that starts passing fails until its marker is removed.
+_XFAIL_B1 = pytest.mark.xfail(strict=True, reason="core bugs B7-B9 (see docs/reliability.md): "
+                              "some random programs give wrong derivatives or broken exports")
+_XFAIL_TEXT = pytest.mark.xfail(strict=True, reason="core bug B4 (see docs/reliability.md): "
+                                "number literals lose digits, so text does not round-trip")
 
 
 def _settings(n):
@@ -91,6 +94,19 @@ def assert_close(got, want, rtol, what, atol_rel=None):
     assert np.all(np.isfinite(want)), f"{what}: the reference is not finite (generator bug)"
     scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
     np.testing.assert_allclose(got, want, rtol=rtol, atol=(atol_rel or rtol) * scale, err_msg=what)
+
+
+def _converged(fd, *args, h, what, tol, **kwargs):
+    """``fd(*args, h=h)`` when it agrees with ``fd(*args, h=h/4)``; otherwise the program is
+    too steep for a float64 finite-difference reference at these inputs and is skipped
+    (``reject``): a reference that has not converged cannot judge the core."""
+    a = fd(*args, h=h, **kwargs)
+    b = fd(*args, h=h / 4, **kwargs)
+    scale = max(1.0, float(np.max(np.abs(b)))) if np.size(b) else 1.0
+    if not np.all(np.isfinite(b)) or np.max(np.abs(a - b), initial=0.0) > tol * scale:
+        note(f"{what}: finite differences do not converge; program skipped")
+        reject()
+    return b
 
 
 def _describe(p, seed):
@@ -167,7 +183,7 @@ def check_value_and_jacobian(p, seed):
     else:
         assert tuple(d.indices) == order, (d.indices, order)
 
-    jac = fd_jacobian(p, arrays, w, of=of)             # numerator: out + wrt axes
+    jac = _converged(fd_jacobian, p, arrays, w, of=of, h=2e-4, what="jacobian", tol=RTOL_1 / 10)
     want = np.transpose(jac, [natural.index(c) for c in order]) if order else jac
     got = d.evaluate(**_core_args(d, arrays))
     assert_close(got, want, RTOL_1, "jacobian vs finite differences")
@@ -200,7 +216,8 @@ def check_hessian(p, seed):
         assert tuple(d.indices) == order
     assert len(d.indices) == 2 * nd
     got = d.evaluate(**_core_args(d, arrays))
-    assert_close(got, fd_hessian(p, arrays, w), RTOL_2, "hessian vs finite differences")
+    want = _converged(fd_hessian, p, arrays, w, h=6e-4, what="hessian", tol=RTOL_2 / 10)
+    assert_close(got, want, RTOL_2, "hessian vs finite differences")
 
 
 # ---------------------------------------------------------------------------
@@ -222,7 +239,8 @@ def check_differential_and_vjp(p, seed):
         else:
             assert n.startswith("d") and n[1:] in tangents, (n, dprog.inputs)
             args[n] = tangents[n[1:]]
-    assert_close(dprog.evaluate(**args), fd_directional(p, arrays, tangents), RTOL_1,
+    want = _converged(fd_directional, p, arrays, tangents, h=2e-4, what="directional", tol=RTOL_1 / 10)
+    assert_close(dprog.evaluate(**args), want, RTOL_1,
                  "differential vs directional finite differences")
 
     out_shape = p.out_shapes[p.output]
@@ -239,7 +257,7 @@ def check_differential_and_vjp(p, seed):
         note(f"vjp:\n{v}")
         res = {names[0]: v.evaluate(**_core_args(v, {**arrays, "G": g}))}
     for n in names:
-        jac = fd_jacobian(p, arrays, n)
+        jac = _converged(fd_jacobian, p, arrays, n, h=2e-4, what="jacobian", tol=RTOL_1 / 10)
         want = np.tensordot(g, jac, axes=len(out_shape))
         assert_close(res[n], want, RTOL_1, f"vjp wrt {n} vs G . jacobian")
 
@@ -292,7 +310,6 @@ def check_round_trips(p, seed):
 # jax.jacobian of the same reference (optional)
 # ---------------------------------------------------------------------------
 
-@_XFAIL_B1
 @pytest.mark.skipif(jax is None, reason="jax is not installed")
 @_settings(N_JAX)
 @given(programs(max_statements=3), st.integers(0, 2 ** 32 - 1))
@@ -458,8 +475,8 @@ def test_fixed_text_form_of_a_size_factor_does_not_parse():
     np.testing.assert_allclose(again.evaluate(x=x, y=0.5), prog.evaluate(x=x, y=0.5))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: parse(str(parse(s))) != parse(s) when a "
-                   "constant is folded ('L = tan(0.5) x')")
+@pytest.mark.xfail(strict=True, reason="core bug B4: parse('L = 0.5463024898437905 x') keeps "
+                   "0.54630248984379, so parse(str(parse(s))) != parse(s) for folded constants")
 def test_bug_folded_constant_round_trip():
     prog = ed.parse("L = tan(0.5) x")
     assert ed.parse(str(prog)) == prog
