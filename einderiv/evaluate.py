@@ -253,7 +253,8 @@ def _human(n) -> str:
 
 # --- compiling for shapes ------------------------------------------------------------------------
 
-def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict) -> dict:
+def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict,
+                  output_dims: dict | None = None) -> dict:
     """The size of every dimension, checking that all tensors along it agree."""
     dim_size: dict = {}
     seen: dict = {}
@@ -275,18 +276,18 @@ def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict) ->
             dim_size.setdefault(d, n)
             seen.setdefault(d, (name, axis, n))
     for index, n in sizes.items():
-        found = False
-        for d, group in members.items():
-            if any(entry[2] == index for entry in group):
-                found = True
-                if d in dim_size and dim_size[d] != n:
-                    name, ax, m = seen[d]
-                    where = f"{name} has size {m} along it (axis {ax})" if name != "sizes" else f"it is {m}"
-                    raise IndexSizeError(f"sizes gives index '{index}' size {n}, but {where}")
-                dim_size.setdefault(d, n)
-                seen.setdefault(d, ("sizes", None, n))
-        if not found and not any(d == f"={index}" for d in members):
-            raise IndexSizeError(f"sizes gives index '{index}', which the formula does not use")
+        targets = [d for d in (output_dims or {}).get(index, ())] if output_dims else []
+        targets += [d for d, group in members.items()
+                    if d not in targets and any(t == "sizes" and i == index for t, _, i, _ in group)]
+        if not targets:
+            raise IndexSizeError(f"sizes gives index '{index}', which the result does not use")
+        for d in targets:
+            if d in dim_size and dim_size[d] != n:
+                name, ax, m = seen[d]
+                where = f"{name} has size {m} along it (axis {ax})" if name != "sizes" else f"it is {m}"
+                raise IndexSizeError(f"sizes gives index '{index}' size {n}, but {where}")
+            dim_size.setdefault(d, n)
+            seen.setdefault(d, ("sizes", None, n))
     for d, group in members.items():
         for tensor, axis, index, _ in group:
             if tensor == "sizes" and index in sizes:

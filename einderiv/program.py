@@ -13,7 +13,7 @@ import numpy as np
 
 from . import simplify as S
 from .diff import delta_seed, derive, rename_result
-from .errors import EinderivError, InputError
+from .errors import EinderivError, IndexSizeError, InputError
 from .evaluate import compile_plan, lower, memory_limit, resolve_sizes
 from .export.text import format_indices, format_statement
 from .ir import Expr, Tensor, Term, fresh_index, rename_expr, tensor_names
@@ -171,7 +171,12 @@ class Program:
         from .semantics import _check_sizes_arg
         sizes = {**self._sizes, **_check_sizes_arg(sizes)}
         shapes = {k: tuple(v.shape) for k, v in arrays.items()}
-        dim_size = resolve_sizes(self._inputs, self._members, shapes, sizes)
+        output_dims = {}
+        for name in self.outputs:
+            st = self.statement(name)
+            for index, dim in zip(st.indices, st.dims):
+                output_dims.setdefault(index, []).append(dim)
+        dim_size = resolve_sizes(self._inputs, self._members, shapes, sizes, output_dims)
         if backend == "numpy":
             dtypes = [a.dtype for a in arrays.values()]
             dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
@@ -186,9 +191,13 @@ class Program:
                     break
                 except TypeError:
                     continue
-        missing = [d for st in self.statements for d in st.dims if d not in dim_size]
-        for d in missing:
-            raise EinderivError(f"no size for index '{d.lstrip('=')}': pass sizes={{'{d.lstrip('=')}': n}}")
+        unsized = getattr(getattr(self, "_analysis", None), "unsized", None) or {}
+        for d in list(self._members) + [d for st in self.statements for d in st.dims]:
+            if d not in dim_size:
+                index, name, line = unsized.get(d, (d.lstrip("="), None, None))
+                where = f"line {line}: index '{index}' of '{name}'" if name else f"index '{index}'"
+                raise IndexSizeError(f"{where} has no size: no input tensor carries it; "
+                                     f"give it with sizes={{'{index}': n}}")
         if backend not in ("numpy", "torch", "jax", "dask"):
             import importlib
             try:

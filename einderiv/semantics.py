@@ -34,6 +34,7 @@ class Analysis:
     inputs: dict            # input name -> tuple of dimensions, one per axis
     members: dict           # dimension -> list of (tensor, axis, index name, line)
     sizes: dict             # index name -> size given by the user
+    unsized: dict = None    # dimension -> (index, statement, line) that only sizes= can give
 
 
 class _UnionFind:
@@ -134,7 +135,18 @@ def analyze(text: str, sizes=None) -> Analysis:
                     index_names.add(index)
             elif node.kind == "pow":
                 pass
+        rhs_indices = set()
+        for node in _walk(st.rhs):
+            if node.kind == "tensor":
+                rhs_indices.update(node.value[1])
+            elif node.kind in ("delta", "sum"):
+                rhs_indices.update(node.value)
         for axis, index in enumerate(st.indices):
+            if index not in rhs_indices and index not in sizes:
+                raise IndexSizeError(
+                    f"line {st.line}: left-hand index '{index}' of '{st.name}' appears in no term "
+                    f"of the right-hand side, so nothing gives its size; use it on the right or "
+                    f"give sizes={{'{index}': n}}")
             uf.union(("I", n, index), ("T", st.name, axis))
             index_names.add(index)
         defined[st.name] = st
@@ -166,11 +178,14 @@ def analyze(text: str, sizes=None) -> Analysis:
     def dim(n, index, line=None, column=None):
         root = uf.find(("I", n, index))
         if root not in reps:
+            # no input carries it: its size must come from sizes= when evaluating
             st = stmts[n]
-            raise IndexSizeError(
-                f"line {st.line}: index '{index}' of '{st.name}' has no size: no input "
-                f"tensor carries it; give it with sizes={{'{index}': n}}")
+            rep = reps[root] = f"={index}"
+            members.setdefault(rep, []).append(("sizes", None, index, None))
+            unsized[rep] = (index, st.name, st.line)
         return reps[root]
+
+    unsized: dict = {}
 
     statements = []
     for n, st in enumerate(stmts):
@@ -180,7 +195,7 @@ def analyze(text: str, sizes=None) -> Analysis:
                                     S.add(rhs, S.zero(lhs_dims))))
     inputs = {name: tuple(reps[uf.find(("T", name, a))] for a in range(input_ndim[name][0]))
               for name in input_order}
-    return Analysis(tuple(statements), inputs, members, sizes)
+    return Analysis(tuple(statements), inputs, members, sizes, unsized)
 
 
 def _build_statement(text, st: Stmt, n, dim, defined) -> Expr:

@@ -156,6 +156,8 @@ def _eliminate_deltas(factors: list, free: set):
             else:
                 continue
             factors[:] = [rename_factor(g, {old: new}) for g in rest]
+            if new not in free and not any(new in factor_indices(g) for g in factors):
+                factors.append(Size(f.dim, new))  # Σ_ab δ_ab = n: the range of b stays
             changed = True
             break
 
@@ -272,8 +274,20 @@ def _index_sequence(factor):
     return ()
 
 
+_FRESH: dict = {}
+
+
 def _has_fresh(e: Expr) -> bool:
     """Whether a nested expression holds a summed index moved aside by a rename."""
+    hit = _FRESH.get(e)
+    if hit is None:
+        if len(_FRESH) > 100000:
+            _FRESH.clear()
+        hit = _FRESH[e] = _scan_fresh(e)
+    return hit
+
+
+def _scan_fresh(e: Expr) -> bool:
     for t in e.terms:
         for f in t.factors:
             for i in factor_indices(f):
@@ -286,11 +300,12 @@ def _has_fresh(e: Expr) -> bool:
     return False
 
 
-def _settle(f):
-    """Re-canonicalize the nested expression of a factor after a rename moved its indices."""
-    if isinstance(f, Func) and _has_fresh(f.arg):
+def _settle(f, renamed=False):
+    """Re-canonicalize the nested expression of a factor after a rename changed the names
+    it is sorted by, or moved its summed indices aside."""
+    if isinstance(f, Func) and (renamed or _has_fresh(f.arg)):
         return Func(f.name, expr(f.arg.dim_map, f.arg.terms))
-    if isinstance(f, Power) and _has_fresh(f.base):
+    if isinstance(f, Power) and (renamed or _has_fresh(f.base)):
         return Power(expr(f.base.dim_map, f.base.terms), f.exponent)
     return f
 
@@ -306,6 +321,7 @@ def _canonical_names(free):
 
 def _canonicalize(coeff, factors: list, free: set) -> Term:
     """Canonical order of factors and canonical names for summed indices."""
+    factors = [_settle(f) for f in factors]   # nested sums left with moved names
     indices = set()
     for f in factors:
         indices.update(factor_indices(f))
@@ -325,7 +341,7 @@ def _canonicalize(coeff, factors: list, free: set) -> Term:
         temp = {d: fresh_index() for d in dummies}
         factors = [rename_factor(f, temp) for f in factors]
         factors = [rename_factor(f, {temp[d]: mapping[d] for d in dummies}) for f in factors]
-        factors = [_settle(f) for f in factors]
+        factors = [_settle(f, renamed=True) for f in factors]
     factors.sort(key=factor_key)
     return Term(coeff, tuple(factors))
 
@@ -454,7 +470,8 @@ def mul(*exprs: Expr) -> Expr:
     for e in exprs:
         dims.update(e.dim_map)
     products = [Term(ONE, ())]
-    if len(exprs) > 1:
+    if sum(1 for e in exprs if any(t.factors for t in e.terms)) > 1:
+        # a sum times something that is not a number: keep the sum together
         exprs = [group(e) for e in exprs]
     for e in exprs:
         if is_zero(e):
@@ -493,7 +510,14 @@ def _fold(name, value):
         result = float(FUNCTIONS[name].numpy(np.float64(value)))
     if not math.isfinite(result):
         raise EinderivError(f"{name}({value}) is not finite")
-    return _number(result)
+    return _decimal(result)
+
+
+def _decimal(value: float):
+    """A computed float as the exact decimal its shortest repr shows (prints and reads back
+    as the same number)."""
+    value = _number(value)
+    return Fraction(repr(value)) if isinstance(value, float) else value
 
 
 def func(name: str, arg: Expr) -> Expr:
@@ -531,7 +555,7 @@ def power(base: Expr, exponent: Expr) -> Expr:
                     return const(Fraction(c) ** int(n), dims)
                 if c < 0:
                     raise EinderivError(f"({c})^{n} is not a real number")
-                return const(float(c) ** float(n), dims)
+                return const(_decimal(float(c) ** float(n)), dims)
             has_sum = set(term_indices(t)) - set(base.indices)
             integral = isinstance(n, Fraction) and n.denominator == 1
             if integral and not has_sum:
@@ -543,7 +567,7 @@ def power(base: Expr, exponent: Expr) -> Expr:
                 return expr(dims, [Term(Fraction(t.coeff) ** int(n), tuple(factors))])
             if t.coeff != 1 and t.coeff > 0 and not integral:
                 inner = Expr(base.indices, base.dims, (Term(ONE, t.factors),))
-                return scale(power(inner, exponent), _number(float(t.coeff) ** float(n)))
+                return scale(power(inner, exponent), _decimal(float(t.coeff) ** float(n)))
     return expr(dims, [Term(ONE, (Power(base, exponent),))])
 
 

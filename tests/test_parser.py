@@ -134,7 +134,7 @@ def test_reserved_words():
 
 def test_delta_alone_needs_sizes():
     with pytest.raises(ed.EinderivError, match="sizes="):
-        ed.parse("C_ij = delta_ij")
+        ed.parse("C_ij = delta_ij").evaluate()
     prog = ed.parse("C_ij = delta_ij", sizes={"i": 3})
     import numpy as np
     assert np.array_equal(prog.evaluate(), np.eye(3))

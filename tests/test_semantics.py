@@ -64,8 +64,16 @@ def test_sizes_for_an_index_no_array_carries():
 
 
 def test_missing_lhs_size_is_an_error():
+    # a left-hand index that no term mentions is most likely a typo: refused at once
     with pytest.raises(ed.EinderivError, match="index 'j'.*sizes="):
         ed.parse("C_ij = x_i")
+
+
+def test_size_of_an_index_only_deltas_carry_may_come_when_evaluating():
+    prog = ed.parse("C_ij = δ_ij")
+    with pytest.raises(ed.EinderivError, match="index 'i'.*sizes="):
+        prog.evaluate()
+    np.testing.assert_array_equal(prog.evaluate(sizes={"i": 2}), np.eye(2))
 
 
 def test_unknown_sizes_key():

@@ -252,7 +252,7 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
         if len(kept) != len(view_axes):
             index = ", ".join(":" if i in present else "None" for i in view_axes)
             value = f"({value})[{index}]" if operands else value
-        pieces.append((value, groups, len(kept) == len(view_axes)))
+        pieces.append((value, groups, len(kept) == len(view_axes) and bool(operands)))
     if len(pieces) == 1 and pieces[0][1] is None and pieces[0][2]:
         lines.append(f"{tgt} = {pieces[0][0]}")
         return False

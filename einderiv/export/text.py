@@ -27,9 +27,21 @@ def format_number(c) -> str:
         while d % 5 == 0:
             d //= 5
         if d == 1:
-            return format(float(c), ".15g")
+            return _exact_decimal(c)
         return f"{c.numerator}/{c.denominator}"
     return repr(float(c))
+
+
+def _exact_decimal(c: Fraction) -> str:
+    """Every digit of a number whose denominator divides a power of ten."""
+    from decimal import Decimal, localcontext
+    with localcontext() as ctx:
+        ctx.prec = max(50, len(str(c.numerator)) + len(str(c.denominator)) + 5)
+        text = str(Decimal(c.numerator) / Decimal(c.denominator))
+    if "E" in text:
+        mantissa, exponent = text.split("E")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
 
 
 def format_indices(indices) -> str:
