@@ -254,7 +254,7 @@ def _human(n) -> str:
 # --- compiling for shapes ------------------------------------------------------------------------
 
 def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict,
-                  output_dims: dict | None = None) -> dict:
+                  output_dims: dict | None = None, strict=None) -> dict:
     """The size of every dimension, checking that all tensors along it agree."""
     dim_size: dict = {}
     seen: dict = {}
@@ -280,7 +280,9 @@ def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict,
         targets += [d for d, group in members.items()
                     if d not in targets and any(t == "sizes" and i == index for t, _, i, _ in group)]
         if not targets:
-            raise IndexSizeError(f"sizes gives index '{index}', which the result does not use")
+            if strict is None or index in strict:
+                raise IndexSizeError(f"sizes gives index '{index}', which the result does not use")
+            continue
         for d in targets:
             if d in dim_size and dim_size[d] != n:
                 name, ax, m = seen[d]

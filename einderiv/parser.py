@@ -22,7 +22,7 @@ __all__ = ["parse_text", "Node", "Stmt", "split_tensor", "MAX_DEPTH"]
 MAX_DEPTH = 200
 MAX_NAME = 64
 DELTA_NAMES = ("delta", "δ")
-RESERVED = set(USER_FUNCTIONS) | {"sum", *DELTA_NAMES}
+RESERVED = set(USER_FUNCTIONS) | {"sum", "size", *DELTA_NAMES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +129,11 @@ class _Build(Transformer):
         if name in RESERVED:
             raise _Fail(f"'{name}' is a reserved word and cannot name a tensor", tok)
         return Node("tensor", (name, indices), (), tok.line, tok.column, 1)
+
+    def size(self, children):
+        (tok,) = children
+        name, axis = str(tok)[5:-1].split(",")
+        return Node("size", (name.strip(), int(axis)), (), tok.line, tok.column, 1)
 
     def group(self, children):
         (inner,) = children

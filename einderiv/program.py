@@ -169,14 +169,16 @@ class Program:
 
     def _compile(self, arrays, sizes, backend, max_bytes):
         from .semantics import _check_sizes_arg
-        sizes = {**self._sizes, **_check_sizes_arg(sizes)}
+        given = _check_sizes_arg(sizes)
+        sizes = {**self._sizes, **given}
         shapes = {k: tuple(v.shape) for k, v in arrays.items()}
         output_dims = {}
         for name in self.outputs:
             st = self.statement(name)
             for index, dim in zip(st.indices, st.dims):
                 output_dims.setdefault(index, []).append(dim)
-        dim_size = resolve_sizes(self._inputs, self._members, shapes, sizes, output_dims)
+        dim_size = resolve_sizes(self._inputs, self._members, shapes, sizes, output_dims,
+                                 strict=set(given))
         if backend == "numpy":
             dtypes = [a.dtype for a in arrays.values()]
             dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)

@@ -90,6 +90,7 @@ def analyze(text: str, sizes=None) -> Analysis:
     input_ndim: dict[str, tuple] = {}     # name -> (ndim, line, column, text)
     where: dict = {}                      # union-find key -> (tensor, axis, index, line)
     index_names = set()
+    size_refs = []
     for n, st in enumerate(stmts):
         if st.name in defined:
             raise syntax_error(text, f"'{st.name}' is defined twice (first on line "
@@ -133,8 +134,9 @@ def analyze(text: str, sizes=None) -> Analysis:
                 for index in node.value:
                     uf.find(("I", n, index))
                     index_names.add(index)
-            elif node.kind == "pow":
-                pass
+            elif node.kind == "size":
+                name, axis = node.value
+                size_refs.append((name, axis, node, n))
         rhs_indices = set()
         for node in _walk(st.rhs):
             if node.kind == "tensor":
@@ -151,6 +153,11 @@ def analyze(text: str, sizes=None) -> Analysis:
             index_names.add(index)
         defined[st.name] = st
 
+    for name, axis, node, n in size_refs:
+        if name not in input_ndim or axis >= input_ndim[name][0]:
+            what = (f"'{name}' has {input_ndim[name][0]} axes" if name in input_ndim
+                    else f"'{name}' is not an input of the program")
+            raise syntax_error(text, f"size({name},{axis}): {what}", node.line, node.column)
     unknown = sorted(set(sizes) - index_names)
     if unknown:
         raise IndexSizeError(f"sizes gives index '{unknown[0]}', which the formula does not use "
@@ -171,9 +178,23 @@ def analyze(text: str, sizes=None) -> Analysis:
     for key, (name, axis, index, line) in where.items():
         if name in input_ndim:
             members.setdefault(reps[uf.find(key)], []).append((name, axis, index, line))
+    given: dict = {}
     for key in list(uf.parent):
         if key[0] == "I" and key[2] in sizes:
-            members.setdefault(reps[uf.find(key)], []).append(("sizes", None, key[2], None))
+            given.setdefault(reps[uf.find(key)], {})[key[2]] = sizes[key[2]]
+    for dim_name, named in given.items():
+        if len(set(named.values())) > 1:
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(named.items()))
+            raise IndexSizeError(f"sizes gives {shown}, but these indices run along one "
+                                 f"dimension ({dim_name.lstrip('=')}), so they need one size")
+    # sizes= names the dimensions no input carries; an index an array carries is checked
+    # against the array when it is an index of the result (at evaluate)
+    for key in list(uf.parent):
+        if key[0] == "I" and key[2] in sizes and reps[uf.find(key)].startswith("="):
+            entry = ("sizes", None, key[2], None)
+            group = members.setdefault(reps[uf.find(key)], [])
+            if entry not in group:
+                group.append(entry)
 
     def dim(n, index, line=None, column=None):
         root = uf.find(("I", n, index))
@@ -190,7 +211,7 @@ def analyze(text: str, sizes=None) -> Analysis:
     statements = []
     for n, st in enumerate(stmts):
         lhs_dims = {i: dim(n, i) for i in st.indices}
-        rhs = _build_statement(text, st, n, dim, defined)
+        rhs = _build_statement(text, st, n, dim, defined, lambda name, axis: reps[uf.find(("T", name, axis))])
         statements.append(Statement(st.name, st.indices, tuple(lhs_dims[i] for i in st.indices),
                                     S.add(rhs, S.zero(lhs_dims))))
     inputs = {name: tuple(reps[uf.find(("T", name, a))] for a in range(input_ndim[name][0]))
@@ -198,7 +219,7 @@ def analyze(text: str, sizes=None) -> Analysis:
     return Analysis(tuple(statements), inputs, members, sizes, unsized)
 
 
-def _build_statement(text, st: Stmt, n, dim, defined) -> Expr:
+def _build_statement(text, st: Stmt, n, dim, defined, input_dim) -> Expr:
     lhs = set(st.indices)
 
     def build(node: Node) -> Expr:
@@ -239,6 +260,9 @@ def _build_statement(text, st: Stmt, n, dim, defined) -> Expr:
             return S.mul(*parts)
         if kind == "group":
             return build(node.children[0])
+        if kind == "size":
+            name, axis = node.value
+            return S.expr({}, [Term(S.ONE, (Size(input_dim(name, axis), name),))])
         if kind == "neg":
             return S.scale(build(node.children[0]), -1)
         if kind == "pow":

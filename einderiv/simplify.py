@@ -121,12 +121,27 @@ def factor_expr(factor) -> Expr:
 
 # --- the term normalizer ---------------------------------------------------------------------
 
+def _rebuild(e: Expr) -> Expr:
+    """Re-canonicalize an expression and every expression nested in it, innermost first."""
+    terms = []
+    for t in e.terms:
+        factors = []
+        for f in t.factors:
+            if isinstance(f, Func):
+                f = Func(f.name, _rebuild(f.arg))
+            elif isinstance(f, Power):
+                f = Power(_rebuild(f.base), f.exponent)
+            factors.append(f)
+        terms.append(Term(t.coeff, tuple(factors)))
+    return expr(e.dim_map, terms)
+
+
 def _recanon(factor):
     """Rebuild a factor's nested expressions after a rename (they may have merged indices)."""
     if isinstance(factor, Func):
-        return func(factor.name, expr(factor.arg.dim_map, factor.arg.terms)).terms
+        return func(factor.name, _rebuild(factor.arg)).terms
     if isinstance(factor, Power):
-        base = expr(factor.base.dim_map, factor.base.terms)
+        base = _rebuild(factor.base)
         rebuilt = power(base, factor.exponent)
         if len(rebuilt.terms) > 1:
             return (Term(ONE, (Power(base, factor.exponent),)),)
@@ -402,9 +417,17 @@ def expr(dims: dict, terms) -> Expr:
     """The canonical Expr over the index set ``dims`` (index → dimension) with these terms."""
     free = set(dims)
     merged: dict = {}
-    for t in terms:
+    pending = list(terms)
+    while pending:
+        t = pending.pop()
         nt = normalize_term(t.coeff, t.factors, free)
         if nt is None:
+            continue
+        lone = nt.factors[0] if len(nt.factors) == 1 else None
+        if isinstance(lone, Power) and len(lone.base.terms) > 1 and const_value(lone.exponent) == 1:
+            # a parenthesized sum that multiplies nothing is just its terms
+            avoid = free | set(term_indices(nt))
+            pending.extend(Term(nt.coeff * g.coeff, g.factors) for g in _lift(lone.base, avoid))
             continue
         merged[nt.factors] = _number(merged.get(nt.factors, 0) + nt.coeff)
     if len(merged) > MAX_TERMS:

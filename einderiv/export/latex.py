@@ -51,7 +51,10 @@ def factor_latex(f, taken) -> str:
     if isinstance(f, Delta):
         return r"\delta" + _sub((f.a, f.b))
     if isinstance(f, Size):
-        return r"n_{" + f.dim.lstrip("=") + "}"
+        if f.dim.startswith("="):
+            return r"n_{" + f.dim[1:] + "}"
+        tensor, _, axis = f.dim.rpartition(".")
+        return r"\operatorname{size}(" + _name(tensor) + "," + axis + ")"
     if isinstance(f, Func):
         from ..functions import FUNCTIONS
         return FUNCTIONS[f.name].latex + r"\left(" + expr_latex(f.arg, taken) + r"\right)"

@@ -143,7 +143,10 @@ def format_factor(f, taken: set, bindings=None) -> str:
         for letter, dim in (bindings or {}).items():
             if dim == f.dim:
                 return f"sum_{letter}(1)"  # Σ_i 1, the size of i: reads back as written
-        return f"n({f.dim.lstrip('=')})"
+        if f.dim.startswith("="):
+            return f"sum_{f.dim[1:]}(1)"
+        tensor, _, axis = f.dim.rpartition(".")
+        return f"size({tensor},{axis})"
     if isinstance(f, Func):
         return f"{f.name}({format_expr(f.arg, taken, bindings)})"
     if isinstance(f, Power):
