@@ -180,9 +180,9 @@ def analyze(text: str, sizes=None) -> Analysis:
             members.setdefault(reps[uf.find(key)], []).append((name, axis, index, line))
     given: dict = {}
     for key in list(uf.parent):
-        if key[0] == "I" and key[2] in sizes:
-            given.setdefault(reps[uf.find(key)], {})[key[2]] = sizes[key[2]]
-    for dim_name, named in given.items():
+        if key[0] == "I" and key[2] in sizes:  # within one statement, one dimension, one size
+            given.setdefault((key[1], reps[uf.find(key)]), {})[key[2]] = sizes[key[2]]
+    for (_, dim_name), named in given.items():
         if len(set(named.values())) > 1:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(named.items()))
             raise IndexSizeError(f"sizes gives {shown}, but these indices run along one "
