@@ -441,6 +441,11 @@ def fold_intermediates(e: Expr, statements) -> Expr:
     from .evaluate import _canonical
     from .ir import Func, Power, factor_indices, factor_dims
     table = {}
+    kinds = set()
+
+    def _kind(f):
+        return (f.name if isinstance(f, Func) else "^", len(factor_indices(f)))
+
     for st in statements:
         ex = st.expr
         if len(ex.terms) == 1 and ex.terms[0].coeff == 1 and len(ex.terms[0].factors) == 1:
@@ -448,6 +453,7 @@ def fold_intermediates(e: Expr, statements) -> Expr:
             if isinstance(f, (Func, Power)) and set(factor_indices(f)) == set(st.indices):
                 key, order = _canonical(st.indices, f)
                 table[key] = (st, order)
+                kinds.add(_kind(f))
     if not table:
         return e
 
@@ -473,6 +479,8 @@ def fold_intermediates(e: Expr, statements) -> Expr:
             if inner is not f.base:
                 f = Power(inner, f.exponent)
         else:
+            return f
+        if _kind(f) not in kinds:
             return f
         key, order = _canonical(factor_indices(f), f)
         hit = table.get(key)

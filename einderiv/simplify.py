@@ -356,7 +356,7 @@ def _canonicalize(coeff, factors: list, free: set) -> Term:
         temp = {d: fresh_index() for d in dummies}
         factors = [rename_factor(f, temp) for f in factors]
         factors = [rename_factor(f, {temp[d]: mapping[d] for d in dummies}) for f in factors]
-        factors = [_settle(f, renamed=True) for f in factors]
+        factors = [_settle(f, renamed=bool(dummies.intersection(factor_indices(f)))) for f in factors]
     factors.sort(key=factor_key)
     return Term(coeff, tuple(factors))
 

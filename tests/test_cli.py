@@ -167,7 +167,9 @@ EXPORTS = [
 ]
 
 RUNNER = """
-import sys, numpy as np
+import sys
+sys.modules["einderiv"] = None  # block it even where it is installed: the code must not need it
+import numpy as np
 try:
     import einderiv
     sys.exit("einderiv must not be importable here")
