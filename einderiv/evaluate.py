@@ -140,9 +140,12 @@ class _Lowering:
                 exponent = exp_ref
             else:
                 exponent = float(n)
-            target = self.temp()
-            self.plan.steps.append(PowerStep(target, src, exponent))
-            result = (target, src_axes)
+            if exponent == 1.0:  # a parenthesized group: its value is the sum itself
+                result = (src, src_axes)
+            else:
+                target = self.temp()
+                self.plan.steps.append(PowerStep(target, src, exponent))
+                result = (target, src_axes)
         # cache in canonical terms: axes of the temp as names of `order`
         pos = {i: k for k, i in enumerate(order)}
         self.cache[key] = (result[0], tuple(f"#{pos[a]}" for a in result[1]),
