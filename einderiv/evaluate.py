@@ -328,8 +328,13 @@ class Compiled:
         return env
 
 
-def _diag_view(out, order, deltas, xp):
-    """A strided view of ``out`` where δ-linked axes run together; returns (view, axes)."""
+def delta_classes(order, deltas):
+    """Free indices that Kronecker deltas tie together (δ_ip: i and p run together).
+
+    Returns ``rep`` (index → the first index of its class), ``view_axes`` (one per class, in
+    the order of ``order``) and ``groups`` (the output axes of each class): the shape of the
+    diagonal view a δ term is written into.
+    """
     parent = {i: i for i in order}
 
     def find(i):
@@ -341,37 +346,23 @@ def _diag_view(out, order, deltas, xp):
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[rb] = ra
-    groups = {}
-    for axis, i in enumerate(order):
-        groups.setdefault(find(i), []).append(axis)
-    axes = [r for r in dict.fromkeys(find(i) for i in order)]
-    shape = [out.shape[groups[r][0]] for r in axes]
-    strides = [sum(out.stride(k) if xp == "torch" else out.strides[k] for k in groups[r]) for r in axes]
-    if xp == "torch":
-        return out.as_strided(shape, strides, out.storage_offset()), tuple(axes)
-    view = np.lib.stride_tricks.as_strided(out, shape, strides, writeable=True)
-    return view, tuple(axes)
+    rep = {i: find(i) for i in order}
+    view_axes = tuple(dict.fromkeys(rep[i] for i in order))
+    groups = [[k for k, i in enumerate(order) if rep[i] == r] for r in view_axes]
+    return rep, view_axes, groups
+
+
+def _torch_view(out, groups):
+    """A view of a torch tensor where the axes of each group run together."""
+    shape = [out.shape[g[0]] for g in groups]
+    strides = [sum(out.stride(k) for k in g) for g in groups]
+    return out.as_strided(shape, strides, out.storage_offset())
 
 
 def _diagonal_writer(order, deltas, out_shape, dtype):
     """A fast maker of the δ view for numpy: the merged shape and the axis groups are fixed
     now; a C-contiguous output gets its view through ``np.ndarray`` directly."""
-    parent = {i: i for i in order}
-
-    def find(i):
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for a, b in deltas:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[rb] = ra
-    groups = {}
-    for axis, i in enumerate(order):
-        groups.setdefault(find(i), []).append(axis)
-    reps = list(dict.fromkeys(find(i) for i in order))
-    axis_groups = [groups[r] for r in reps]
+    _, _, axis_groups = delta_classes(order, deltas)
     shape = tuple(out_shape[g[0]] for g in axis_groups)
     itemsize = np.dtype(dtype).itemsize
     c_strides = [itemsize] * len(out_shape)
@@ -391,13 +382,11 @@ def _diagonal_writer(order, deltas, out_shape, dtype):
 def compile_plan(plan: Plan, dim_size: dict, dtype, backend: str, max_bytes: int):
     """Bind a plan to sizes and a backend: paths chosen, memory checked, closures built."""
     runners = []
-    axes_of = {name: None for name in plan.inputs}
     shapes = {}
     for name, dims in plan.input_dims.items():
         shapes[name] = tuple(dim_size[d] for d in dims)
     itemsize = np.dtype(dtype).itemsize
     total = 0
-    numpy_like = backend == "numpy"
 
     def check_bytes(label, shape):
         nonlocal total
@@ -425,7 +414,6 @@ def compile_plan(plan: Plan, dim_size: dict, dtype, backend: str, max_bytes: int
             shapes[step.target] = shapes[step.source]
             check_bytes("an intermediate", shapes[step.target])
             runners.append(_power_runner(step.target, step.source, step.exponent, backend))
-    del axes_of, numpy_like
     return Compiled(runners, plan.outputs, dtype)
 
 
@@ -487,27 +475,13 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
         coeff = term.coeff
         for d in term.sizes:
             coeff *= dim_size[d]
-        present = set()
-        for _, idx in term.operands:
-            present.update(idx)
         # view axes: δ-linked free indices run together
         if term.deltas:
-            parent = {i: i for i in order}
-
-            def find(i):
-                while parent[i] != i:
-                    i = parent[i]
-                return i
-
-            for a, b in term.deltas:
-                parent[find(b)] = find(a)
-            rep = {i: find(i) for i in order}
-            view_axes = tuple(dict.fromkeys(rep[i] for i in order))
+            rep, view_axes, groups = delta_classes(order, term.deltas)
             # an operand index linked to a representative is renamed to it
             operands = [(ref, tuple(rep.get(i, i) for i in idx)) for ref, idx in term.operands]
         else:
-            view_axes = order
-            operands = term.operands
+            view_axes, groups, operands = order, None, term.operands
         present = set()
         for _, idx in operands:
             present.update(idx)
@@ -529,11 +503,11 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
                 fn = _scaled(fn, k, coeff)
                 coeff = 1.0
         plans.append((coeff, refs, fn, term.deltas, expand, len(kept) == len(view_axes),
-                      len(operands) >= 2))
+                      len(operands) >= 2, groups))
 
     # fast path: one term, no δ, nothing broadcast: the einsum result is the value
     if len(plans) == 1 and not plans[0][3] and plans[0][5] and plans[0][2] is not None:
-        coeff, refs, fn, _, _, _, fresh = plans[0]
+        coeff, refs, fn, _, _, _, fresh, _ = plans[0]
         if coeff == 1.0:
             def run(env):
                 env[target] = fn(*[env[r] for r in refs])
@@ -557,7 +531,7 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
 
     def run(env):
         out = None
-        for coeff, refs, fn, deltas, expand, full, _ in plans:
+        for coeff, refs, fn, deltas, expand, full, _, groups in plans:
             value = fn(*[env[r] for r in refs]) if fn is not None else None
             if xp != "functional":
                 if out is None and not deltas and full and value is not None:
@@ -565,7 +539,7 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
                     continue
                 if out is None:
                     out = _zeros(out_shape, dtype, xp, env, refs)
-                view = _diag_view(out, order, deltas, xp)[0] if deltas else out
+                view = _torch_view(out, groups) if deltas else out
                 if value is None:
                     view += coeff
                 elif coeff == 1.0:
@@ -614,7 +588,7 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
                 out = np.asarray(out)
             rest = terms[2:]
         elif starts:
-            coeff, refs, fn, _, _, _, fresh = terms[0]
+            coeff, refs, fn, _, _, _, fresh, _ = terms[0]
             value = fn(*[env[r] for r in refs])
             if fresh and type(value) is np.ndarray and value.dtype == dtype:
                 if coeff != 1.0:
@@ -631,7 +605,7 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
             if type(out) is not np.ndarray:
                 out = np.asarray(out)
             rest = terms[1:]
-        for coeff, refs, fn, deltas, expand, full, _ in rest:
+        for coeff, refs, fn, deltas, expand, full, _, _ in rest:
             if out is None:
                 out = np.zeros(out_shape, dtype=dtype)
             view = writers[tuple(deltas)](out) if deltas else out
@@ -706,16 +680,9 @@ def _functional_add(out, value, coeff, deltas, expand, order, out_shape, env, re
         value = value * coeff
     if deltas:
         # value has the view axes (δ classes); expand each class back to its axes
-        parent = {i: i for i in order}
-
-        def find(i):
-            while parent[i] != i:
-                i = parent[i]
-            return i
-
-        for a, b in deltas:
-            parent[find(b)] = find(a)
-        view_axes = list(dict.fromkeys(find(i) for i in order))
+        rep, view_axes, _ = delta_classes(order, deltas)
+        view_axes = list(view_axes)
+        find = rep.__getitem__
         value = value[expand] if expand else value
         value = xp.broadcast_to(value, tuple(out_shape[order.index(r)] for r in view_axes))
         if backend == "jax":

@@ -91,7 +91,6 @@ def explain(src, wrt=None, of=None, layout="numerator", depends=None, sizes=None
                                  + ", ".join(f"d{c} = 0" for c in consts) if consts else ""))
     intermediates = [st for st in upto if st.name != of]
     for st in upto:
-        target = st.name == of
         label_lhs = _jacobian_label(st, first, var_idx)
         dst = dprog.statement("d" + st.name) if ("d" + st.name) in dprog.outputs or _has(dprog, "d" + st.name) else None
         if dst is None:
@@ -101,7 +100,6 @@ def explain(src, wrt=None, of=None, layout="numerator", depends=None, sizes=None
             out.line(f"{label_lhs} = 0")
             continue
         out.line(f"{label_lhs} = {format_expr(expr, frozenset())}")
-        del target
     if intermediates:
         out.note("(the chain rule: d" + intermediates[0].name + "/d" + var + "_"
                  + "".join(intermediates[0].indices) + "".join(var_idx) + " stands for "

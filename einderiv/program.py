@@ -210,9 +210,8 @@ class Program:
         limit = max_bytes if max_bytes is not None else memory_limit()
         compiled = compile_plan(self._lowered(), dim_size, dtype, backend, limit)
         compiled.cast = backend == "numpy" and any(a.dtype != dtype for a in arrays.values())
-        if compiled.cast:
+        if compiled.cast:  # this first call's arrays; later calls cast in evaluate()
             arrays.update({k: v.astype(dtype) for k, v in arrays.items()})
-            # the first call converts below through the same path as later calls
         return compiled
 
     def matrix(self):

@@ -278,8 +278,7 @@ def _build_statement(text, st: Stmt, n, dim, defined, input_dim) -> Expr:
                 raise syntax_error(text, str(err), node.line, node.column) from None
         raise AssertionError(kind)
 
-    items = node_terms = st.rhs.children if st.rhs.kind == "add" else (("+", st.rhs),)
-    del node_terms
+    items = st.rhs.children if st.rhs.kind == "add" else (("+", st.rhs),)
     terms = []
     for op, child in items:
         e = build(child)

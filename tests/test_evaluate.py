@@ -57,11 +57,10 @@ def test_delta_result_values():
     np.testing.assert_array_equal(J, np.einsum("ip,qk->ikpq", np.eye(3), B))
 
 
-def test_intermediates_are_computed_once(monkeypatch):
+def test_intermediates_are_computed_once():
     calls = []
     real = np.tanh
     from einderiv import functions
-    monkeypatch.setattr(functions.FUNCTIONS["tanh"], "numpy", None, raising=False) if False else None
     entry = functions.FUNCTIONS["tanh"]
     counting = lambda u: calls.append(1) or real(u)  # noqa: E731
     object.__setattr__(entry, "numpy", counting)

@@ -12,7 +12,7 @@ import keyword
 import opt_einsum as oe
 
 from ..errors import EinderivError
-from ..evaluate import ExprStep, FuncStep, PowerStep, _subscripts
+from ..evaluate import ExprStep, FuncStep, PowerStep, _subscripts, delta_classes
 from ..functions import FUNCTIONS
 
 __all__ = ["generate"]
@@ -208,18 +208,7 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
         for d in term.sizes:
             factor_text.append(_shape_expr(d, names, plan.input_dims, program))
         if term.deltas:
-            parent = {i: i for i in order}
-
-            def find(i):
-                while parent[i] != i:
-                    i = parent[i]
-                return i
-
-            for a, b in term.deltas:
-                parent[find(b)] = find(a)
-            rep = {i: find(i) for i in order}
-            view_axes = tuple(dict.fromkeys(rep[i] for i in order))
-            groups = [[k for k, i in enumerate(order) if rep[i] == r] for r in view_axes]
+            rep, view_axes, groups = delta_classes(order, term.deltas)
             operands = [(ref, tuple(rep.get(i, i) for i in idx)) for ref, idx in term.operands]
         else:
             view_axes, groups, operands = order, None, term.operands
