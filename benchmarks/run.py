@@ -22,6 +22,22 @@ if _XLA not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["JAX_ENABLE_X64"] = "1"
 
+
+def _pin_to_one_cpu():
+    """Run the whole process on one CPU. The environment variables above are not enough:
+    XLA's CPU runtime ignores ``intra_op_parallelism_threads`` and spread a JAX Hessian over
+    1.6 cores on this machine; an affinity mask holds every library to one core.
+    ``--all-cores`` (checked here, before any thread pool starts) leaves the mask alone."""
+    import sys as _sys
+    if "--all-cores" in _sys.argv or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
+PINNED_CPU = _pin_to_one_cpu()
+
 import argparse
 import contextlib
 import datetime
@@ -194,9 +210,12 @@ def measure(fn, cfg):
         number, _ = timer.autorange()
     else:
         number = _autorange(timer, cfg.target)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     per = [t / number for t in timer.repeat(repeat=cfg.repeat, number=number)]
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    # cores in use while timing: 1.0 for a single-threaded peer, more if it ran threads
     return {"median_us": statistics.median(per) * 1e6, "min_us": min(per) * 1e6,
-            "number": number, "repeat": cfg.repeat}
+            "number": number, "repeat": cfg.repeat, "cpu_per_wall": round(cpu / wall, 2)}
 
 
 class _Timeout(BaseException):
@@ -561,8 +580,10 @@ def write_markdown(res, cfg):
     L.append("")
     L.append(f"{m['machine']}; Python {m['python']}, numpy {m['numpy']}, jax {m['jax']}, "
              f"torch {m.get('torch') or 'absent'}, sympy {m.get('sympy') or 'absent'}, "
-             f"einderiv {m.get('einderiv_commit') or '?'}. float64, 1 thread everywhere; "
-             f"median of {cfg.repeat} autoranged repeats "
+             f"einderiv {m.get('einderiv_commit') or '?'}. float64, "
+             + (f"the process pinned to CPU {m['pinned_cpu']} (one core for every library); "
+                if m.get("pinned_cpu") is not None else "all cores allowed (--all-cores); ")
+             + f"median of {cfg.repeat} autoranged repeats "
              f"({'≥5 ms each; peers slower than 50 ms per call, marked ~, timed once' if cfg.quick else '≥0.2 s each'}); every result checked against JAX first.")
     L.append("")
     L.append("## Evaluation time per call (median)")
@@ -674,6 +695,9 @@ def write_markdown(res, cfg):
         for k, p in r["peers"].items():
             if "error" in p:
                 notes.append(f"case {r['case']} {r['size']} {k}: {p['error']}")
+            elif (p.get("cpu_per_wall") or 0) > 1.1:
+                notes.append(f"case {r['case']} {r['size']} {k}: used "
+                             f"{p['cpu_per_wall']:.2g} cores while timed")
     for s in res["symbolic"]:
         for n in s.get("notes", []):
             notes.append(f"case {s['case']} symbolic: {n}")
@@ -763,6 +787,7 @@ def meta_info(cfg, jax, torch, ed):
             "torch": torch.__version__ if torch is not None else None,
             "sympy": ver("sympy"), "opt_einsum": ver("opt_einsum"), "matplotlib": ver("matplotlib"),
             "einderiv_commit": commit, "tensorgrad": tg, "threadpools": blas,
+            "pinned_cpu": PINNED_CPU,
             "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                    "MKL_NUM_THREADS", "XLA_FLAGS")},
             "timing": {"autorange_target_s": cfg.target, "repeat": cfg.repeat,
@@ -779,6 +804,8 @@ def main(argv=None):
                     help="comma-separated case numbers (default: all ten)")
     ap.add_argument("--sizes", type=lambda s: s.split(","), default=list(SIZES),
                     help="small,medium (default both)")
+    ap.add_argument("--all-cores", action="store_true",
+                    help="do not pin the process to one CPU (libraries may then run threads)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-sympy", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"), help="output folder")

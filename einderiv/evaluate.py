@@ -487,13 +487,18 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
             present.update(idx)
         kept = tuple(i for i in view_axes if i in present)
         expand = tuple(slice(None) if i in present else None for i in view_axes)
+        refs = tuple(ref for ref, _ in operands)
+        fn = None
         if operands:
             subs = _subscripts(operands, kept)
             op_shapes = [shapes[ref] for ref, _ in operands]
-            fn = _contraction(subs, op_shapes, operands, kept, backend, check_bytes)
-        else:
-            fn = None
-        refs = tuple(ref for ref, _ in operands)
+            if backend == "numpy" and len(operands) >= 2:
+                from .kernels import compile_gram
+                fn = compile_gram(subs, op_shapes, refs, coeff)
+                if fn is not None:
+                    coeff = 1.0          # the Gram kernel applies it (inside the square root)
+            if fn is None:
+                fn = _contraction(subs, op_shapes, operands, kept, backend, check_bytes)
         if fn is not None and coeff != 1.0 and len(operands) >= 2:
             # scale the smallest operand instead of the (larger) result: one pass saved
             sizes_of = [math.prod(shapes[ref]) for ref in refs]

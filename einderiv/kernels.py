@@ -162,3 +162,96 @@ def _check(subs, shapes, seed=0):  # pragma: no cover - a debugging aid
     path, _ = oe.contract_path(subs, *shapes, shapes=True)
     fn = compile_contraction(subs, shapes, path)
     return np.abs(fn(*ops) - np.einsum(subs, *ops)).max()
+
+
+# --- weighted Gram matrices: half the work of a matmul ------------------------------------
+
+GRAM_MIN_COLUMNS = 8     # below this a symmetric product saves less than it costs to set up
+
+
+def compile_gram(subs: str, shapes: list, refs: tuple, coeff: float):
+    """``coeff · Σ_C R[C,F] R[C,F'] w[C]`` (a Hessian's ``Xᵀ diag(w) X``) as one symmetric
+    rank-k update, or None when ``subs`` is not of that form.
+
+    The two R operands must be the same array (``refs``) with the summed indices C at the
+    same axes and the free indices F, F' (the whole output) at the others; every other
+    operand is a weight over C. With ``s = √(coeff·w)``, the result is ``(s·R)ᵀ(s·R)``, which
+    numpy hands to BLAS ``syrk`` (half the multiplications of ``gemm``, an exactly symmetric
+    result). Weights of mixed sign fall back to one ``gemm`` at run time.
+    """
+    ins, out = subs.split("->")
+    parts = ins.split(",")
+    pair = None
+    for a, b in ((a, b) for a in range(len(parts)) for b in range(a + 1, len(parts))):
+        if refs[a] == refs[b] and len(parts[a]) == len(parts[b]):
+            pair = (a, b)
+            break
+    if pair is None:
+        return None
+    a, b = pair
+    sa, sb = parts[a], parts[b]
+    if len(set(sa)) != len(sa) or len(set(sb)) != len(sb):
+        return None
+    shared = [k for k in range(len(sa)) if sa[k] == sb[k]]
+    free = [k for k in range(len(sa)) if sa[k] != sb[k]]
+    f1, f2 = "".join(sa[k] for k in free), "".join(sb[k] for k in free)
+    summed = "".join(sa[k] for k in shared)
+    weights = [k for k in range(len(parts)) if k not in pair]
+    if (not free or set(f1) & set(f2) or set(summed) & set(out)
+            or sorted(out) != sorted(f1 + f2)
+            or any(not set(parts[k]) <= set(summed) or len(set(parts[k])) != len(parts[k])
+                   for k in weights)
+            or set(f1 + f2) & set(sa[k] for k in shared)):
+        return None
+    shape = shapes[a]
+    n_summed = math.prod(shape[k] for k in shared)
+    n_free = math.prod(shape[k] for k in free)
+    if n_free < GRAM_MIN_COLUMNS or n_summed < 1:
+        return None
+    to_2d = tuple(shared + free)
+    free_shape = tuple(shape[k] for k in free)
+    result = f1 + f2
+    perm_out = tuple(result.index(c) for c in out)
+    identity_out = perm_out == tuple(range(len(perm_out)))
+    summed_shape = tuple(shape[k] for k in shared)
+    weigh = [_aligned(parts[k], shapes[k], summed) for k in weights]
+    coeff = float(coeff)
+
+    def run(*operands):
+        r = operands[a].transpose(to_2d).reshape(n_summed, n_free)
+        if not weights:
+            g = r.T @ r
+            if coeff != 1.0:
+                g *= coeff
+        else:
+            w = None
+            for k, align in zip(weights, weigh):
+                w = align(operands[k]) if w is None else w * align(operands[k])
+            if coeff != 1.0:
+                w = w * coeff
+            w = np.broadcast_to(w, summed_shape).reshape(n_summed, 1)
+            if w.dtype.kind != "f":
+                g = r.T @ (w * r)
+            elif w.min() >= 0.0:
+                y = np.sqrt(w) * r
+                g = y.T @ y
+            elif w.max() <= 0.0:
+                y = np.sqrt(-w) * r
+                g = y.T @ y
+                np.negative(g, out=g)
+            else:
+                g = r.T @ (w * r)
+        g = g.reshape(free_shape + free_shape)
+        return g if identity_out else g.transpose(perm_out)
+
+    return run
+
+
+def _aligned(sub: str, shape, target: str):
+    """A function viewing an operand over ``sub`` as broadcastable along ``target``."""
+    perm = tuple(sorted(range(len(sub)), key=lambda k: target.index(sub[k])))
+    size = dict(zip(sub, shape))
+    full = tuple(size.get(c, 1) for c in target)
+    if perm == tuple(range(len(sub))):
+        return lambda x: x.reshape(full)
+    return lambda x: x.transpose(perm).reshape(full)
