@@ -561,10 +561,11 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
 
 
 def _scaled(fn, k, coeff):
-    def run(*operands):
+    def run(*operands, **out):
         operands = list(operands)
         operands[k] = operands[k] * coeff
-        return fn(*operands)
+        return fn(*operands, **out)
+    run.writes = getattr(fn, "writes", False)
     return run
 
 
@@ -576,6 +577,7 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
     const = sum(p[0] for p in plans if p[2] is None and not p[3])
     terms = [p for p in plans if not (p[2] is None and not p[3])]
     writers = {tuple(p[3]): _diagonal_writer(order, p[3], out_shape, dtype) for p in terms if p[3]}
+    writes_out = {p[2] for p in terms if getattr(p[2], "writes", False)}
     terms.sort(key=lambda p: not (p[5] and not p[3] and p[2] is not None))
     starts = bool(terms) and terms[0][5] and not terms[0][3] and terms[0][2] is not None
     pairable = (starts and len(terms) >= 2 and terms[1][5] and not terms[1][3]
@@ -610,13 +612,24 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
             if type(out) is not np.ndarray:
                 out = np.asarray(out)
             rest = terms[1:]
+        zeros = False
         for coeff, refs, fn, deltas, expand, full, _, _ in rest:
             if out is None:
                 out = np.zeros(out_shape, dtype=dtype)
+                zeros = True
             view = writers[tuple(deltas)](out) if deltas else out
             if fn is None:
                 view += coeff
+                zeros = False
                 continue
+            if zeros and full and fn in writes_out:
+                # the first term into a zeroed output: computed straight into its view
+                fn(*[env[r] for r in refs], out=view)
+                if coeff != 1.0:
+                    view *= coeff
+                zeros = False
+                continue
+            zeros = False
             value = fn(*[env[r] for r in refs])
             if not full:
                 value = value[expand]

@@ -37,6 +37,11 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
         # the output starts with b's indices: compute b·a so no transpose is left over
         sa, sb, shape_a, shape_b = sb, sa, shape_b, shape_a
         inner = _pair(sa, sb, so, shape_a, shape_b)
+        if getattr(inner, "writes", False):
+            def swapped(a, b, out=None):
+                return inner(b, a, out=out)
+            swapped.writes = True
+            return swapped
         return lambda a, b: inner(b, a)
     size = dict(zip(sa, shape_a))
     size.update(zip(sb, shape_b))
@@ -58,12 +63,22 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
     identity_out = perm_out == tuple(range(len(perm_out)))
 
     if not contracted:
-        # no sum: a broadcast product, not a matmul with an inner dimension of 1
-        def run(a, b):
-            a3 = a.transpose(perm_a).reshape((nb, na, 1))
-            b3 = b.transpose(perm_b).reshape((nb, 1, nbb))
-            c = np.multiply(a3, b3).reshape(result_shape)
+        # no sum: a broadcast product, not a matmul with an inner dimension of 1; size-1 axes
+        # are inserted (never a copy) so that it can also write straight into ``out``
+        shape_a_b = tuple(size[c] for c in batch + free_a) + (1,) * len(free_b)
+        shape_b_b = (tuple(size[c] for c in batch) + (1,) * len(free_a)
+                     + tuple(size[c] for c in free_b))
+        back = tuple(so.index(c) for c in result_order)
+
+        def run(a, b, out=None):
+            a_b = a.transpose(perm_a).reshape(shape_a_b)
+            b_b = b.transpose(perm_b).reshape(shape_b_b)
+            if out is not None:
+                np.multiply(a_b, b_b, out=out.transpose(back))
+                return out
+            c = np.multiply(a_b, b_b)
             return c if identity_out else c.transpose(perm_out)
+        run.writes = True
         return run
 
     if nb == 1:
@@ -135,9 +150,14 @@ def compile_contraction(subs: str, shapes: list, path):
     else:
         finish = None
 
-    def run(*operands):
+    last = len(steps) - 1
+    direct = finish is None and bool(steps) and steps[-1][0] == "two" and getattr(
+        steps[-1][2][2], "writes", False)
+
+    def run(*operands, out=None):
+        """The contraction; with ``out`` (axes in the output's order) it is written there."""
         ops = list(operands)
-        for kind, where, fns in steps:
+        for n, (kind, where, fns) in enumerate(steps):
             if kind == "one":
                 ops.append(fns(ops.pop(where)))
             else:
@@ -149,10 +169,18 @@ def compile_contraction(subs: str, shapes: list, path):
                     a = f1(a)
                 if f2 is not None:
                     b = f2(b)
+                if n == last and out is not None and direct:
+                    return mm(a, b, out=out)
                 ops.append(mm(a, b))
         result = ops[0]
-        return finish(result) if finish is not None else result
+        if finish is not None:
+            result = finish(result)
+        if out is not None:
+            np.copyto(out, result)
+            return out
+        return result
 
+    run.writes = True
     return run
 
 

@@ -119,13 +119,24 @@ class Program:
         >>> ed.parse("C_ik = A_ij B_jk").evaluate(A=np.ones((2, 3)), B=np.ones((3, 4))).shape
         (2, 4)
         """
-        key = (backend, sizes is None and max_bytes is None,
-               tuple((k, getattr(v, "shape", None), getattr(v, "dtype", None)) for k, v in arrays.items()))
-        compiled = self._compiled.get(key) if key[1] else None
+        # a plan is reused for the same backend, array types, shapes and dtypes; anything but
+        # plain ndarrays on the numpy backend (lists, np.matrix, torch tensors) is converted
+        # by _prepare on every call
+        compiled = None
+        if sizes is None and max_bytes is None:
+            try:
+                key = (backend, tuple([(k, type(v), v.shape, v.dtype) for k, v in arrays.items()]))
+            except AttributeError:
+                key = None
+            else:
+                compiled = self._compiled.get(key)
+        else:
+            key = None
         if compiled is None:
             arrays = self._prepare(arrays, backend)
             compiled = self._compile(arrays, sizes, backend, max_bytes)
-            if key[1] and all(s is not None for _, s, _ in key[2]):
+            if key is not None and (backend != "numpy"
+                                    or all(t is np.ndarray for _, t, _, _ in key[1])):
                 self._compiled[key] = compiled
         elif backend == "numpy":
             if compiled.cast:

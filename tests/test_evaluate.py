@@ -171,3 +171,22 @@ def test_backends_agree_with_numpy(src, wrt, backend):
     elif backend == "dask":
         got = got.compute()
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_plan_cache_does_not_skip_conversion_of_other_array_types():
+    """A plan cached for one call must not let a second call's torch tensors, np.matrix or
+    lists past the conversion to ndarray (the second call once crashed inside a kernel)."""
+    p = ed.parse("C_ik = A_ij B_jk + A_ij")
+    want = np.full((2, 3), 6.0)        # Σ_j A_ij B_jk + Σ_j A_ij
+    inputs = [(np.matrix(np.ones((2, 3))), np.matrix(np.ones((3, 3)))),
+              (np.ones((2, 3)).tolist(), np.ones((3, 3)).tolist())]
+    try:
+        import torch
+        inputs.append((torch.ones(2, 3, dtype=torch.float64), torch.ones(3, 3, dtype=torch.float64)))
+    except ImportError:
+        pass
+    for A, B in inputs:
+        for _ in range(2):
+            got = p.evaluate(A=A, B=B)
+            assert type(got) is np.ndarray
+            np.testing.assert_array_equal(got, want)
