@@ -82,13 +82,19 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
         return run
 
     if nb == 1:
-        # one matrix product: 2-D views keep transposes as BLAS flags instead of copies
-        shape2_a, shape2_b = (na, nc), (nc, nbb)
+        # one matrix product: 2-D views keep transposes as BLAS flags instead of copies; a
+        # vector or a matrix already in place goes in as it is (no reshape, no transpose)
+        vec_a = len(sa) == 1 and not free_a
+        vec_b = len(sb) == 1 and not free_b
+        if vec_a and vec_b:
+            vec_a = vec_b = False          # a dot product: keep a 0-d array, not a scalar
+        prep_a = _matrix_view(perm_a, (na, nc), vec_a, shape_a)
+        prep_b = _matrix_view(perm_b, (nc, nbb), vec_b, shape_b)
+        product_shape = (() if vec_a else (na,)) + (() if vec_b else (nbb,))
+        post = _result_view(product_shape, result_shape, perm_out, identity_out)
 
         def run(a, b):
-            c = np.matmul(a.transpose(perm_a).reshape(shape2_a),
-                          b.transpose(perm_b).reshape(shape2_b)).reshape(result_shape)
-            return c if identity_out else c.transpose(perm_out)
+            return post(np.matmul(prep_a(a), prep_b(b)))
         return run
 
     def run(a, b):
@@ -98,6 +104,41 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
         return c if identity_out else c.transpose(perm_out)
 
     return run
+
+
+def _same(a):
+    return a
+
+
+def _transposed(a):
+    return a.T
+
+
+def _matrix_view(perm, shape2, vector, shape):
+    """The operand (of ``shape``) as the 2-D matrix (or the vector) a matmul takes, in as few
+    calls as can be."""
+    if vector:
+        return _same
+    if perm == (1, 0) and (shape[1], shape[0]) == shape2:
+        return _transposed
+    if perm == tuple(range(len(perm))):
+        if tuple(shape) == shape2:
+            return _same
+        return lambda a: a.reshape(shape2)
+    return lambda a: a.transpose(perm).reshape(shape2)
+
+
+def _result_view(product_shape, result_shape, perm_out, identity_out):
+    """The matmul's product back in the pair's output axes."""
+    if product_shape == result_shape:
+        if identity_out:
+            return _same
+        if perm_out == (1, 0):
+            return _transposed
+        return lambda c: c.transpose(perm_out)
+    if identity_out:
+        return lambda c: c.reshape(result_shape)
+    return lambda c: c.reshape(result_shape).transpose(perm_out)
 
 
 def compile_contraction(subs: str, shapes: list, path):
