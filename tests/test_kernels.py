@@ -7,6 +7,7 @@ import opt_einsum as oe
 import pytest
 
 import einderiv as ed
+from einderiv import kernels
 from einderiv.kernels import compile_contraction, compile_gram
 
 
@@ -51,15 +52,17 @@ GRAMS = [
     ("ab,ac,a,a->cb", [(30, 9), (30, 9), (30,), (30,)], ("X", "X", "u", "v")),
     ("abc,abd,ba->cd", [(5, 6, 9), (5, 6, 9), (6, 5)], ("X", "X", "w")),
     ("abc,abd,a->dc", [(5, 6, 9), (5, 6, 9), (5,)], ("X", "X", "w")),
+    ("abc,abd,a->dc", [(25, 1, 9), (25, 1, 9), (25,)], ("X", "X", "w")),
     ("acb,adb,ba->dc", [(5, 9, 6), (5, 9, 6), (6, 5)], ("X", "X", "w")),
-    ("abcd,abef->cedf", [(7, 2, 3, 4), (7, 2, 3, 4)], ("X", "X")),
+    ("abcd,abef->cedf", [(9, 2, 3, 4), (9, 2, 3, 4)], ("X", "X")),
 ]
 
 
 @pytest.mark.parametrize("sign", ["positive", "negative", "mixed", "zero"])
 @pytest.mark.parametrize("coeff", [1.0, 2.5, -3.0])
 @pytest.mark.parametrize("case", range(len(GRAMS)))
-def test_gram_matches_einsum(case, coeff, sign):
+def test_gram_matches_einsum(case, coeff, sign, monkeypatch):
+    monkeypatch.setattr(kernels, "GRAM_MIN_WORK", 0)     # small arrays, same code path
     subs, shapes, refs = GRAMS[case]
     rng = np.random.default_rng(case)
     arrays = {}
@@ -85,22 +88,31 @@ def test_gram_matches_einsum(case, coeff, sign):
     ("ab,ac,b->bc", [(30, 9), (30, 9), (9,)], ("X", "X", "w")),    # weight on a free index
     ("ab,ac->abc", [(30, 9), (30, 9)], ("X", "X")),                # the summed index is kept
     ("ab,ac->bc", [(30, 3), (30, 3)], ("X", "X")),                 # too few columns to gain
+    ("a,b->ab", [(300,), (300,)], ("x", "x")),                     # an outer product
+    ("ab,ac->bc", [(4, 30), (4, 30)], ("X", "X")),                 # too little summed
 ])
-def test_gram_declines(subs, shapes, refs):
+def test_gram_declines(subs, shapes, refs, monkeypatch):
+    monkeypatch.setattr(kernels, "GRAM_MIN_WORK", 0)
     assert compile_gram(subs, shapes, refs, 1.0) is None
+
+
+def test_gram_only_where_it_saves_time():
+    assert compile_gram("ab,ac,a->bc", [(200, 20), (200, 20), (200,)], ("X", "X", "w"), 1.0) is None
+    assert compile_gram("ab,ac,a->bc", [(1000, 100), (1000, 100), (1000,)], ("X", "X", "w"),
+                        1.0) is not None
 
 
 def test_gram_in_a_logistic_hessian():
     """The Hessian of the logistic loss goes through the Gram kernel and stays correct,
     including weights of any sign (y_i² σ(1-σ) ≥ 0 here; a made-up sign flip below)."""
     rng = np.random.default_rng(5)
-    X, w, y = rng.normal(size=(60, 12)), rng.normal(size=12), np.sign(rng.normal(size=60))
+    X, w, y = rng.normal(size=(600, 30)), rng.normal(size=30), np.sign(rng.normal(size=600))
     H = ed.diff("L = softplus(-y_i sum_j(X_ij w_j))", ["w_p", "w_q"])
     u = -y * (X @ w)
     s = 1 / (1 + np.exp(-u))
     np.testing.assert_allclose(H.evaluate(X=X, w=w, y=y), (X.T * (s * (1 - s))) @ X,
                                rtol=1e-12, atol=1e-12)
     G = ed.diff("L = c_i (sum_j(X_ij w_j))^2", ["w_p", "w_q"])
-    c = rng.normal(size=60)
+    c = rng.normal(size=600)
     np.testing.assert_allclose(G.evaluate(X=X, w=w, c=c), 2 * (X.T * c) @ X,
                                rtol=1e-12, atol=1e-12)
