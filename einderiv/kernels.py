@@ -157,6 +157,12 @@ def compile_contraction(subs: str, shapes: list, path):
     if len(parts) == 1:
         expr = subs
         return lambda a: np.einsum(expr, a)
+    if len(parts) == 2:
+        f1, _, _ = _prepare(parts[0], set(parts[1] + out), shapes[0])
+        f2, _, _ = _prepare(parts[1], set(parts[0] + out), shapes[1])
+        if f1 is None and f2 is None:
+            # one pair with nothing to prepare: the pair kernel is the whole contraction
+            return _pair(parts[0], parts[1], out, tuple(shapes[0]), tuple(shapes[1]))
     # replay the path symbolically to fix every step now
     steps = []
     subs_list = list(parts)
