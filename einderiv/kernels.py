@@ -75,13 +75,16 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
         # dimension of 1: 21 µs against 34 µs for 300×300) than as a broadcast multiply
         outer = not batch and na * nbb >= OUTER_BY_BLAS
 
+        view_a = _reshaped(perm_a, shape_a_b, shape_a)
+        view_b = _reshaped(perm_b, shape_b_b, shape_b)
+
         def run(a, b, out=None):
             if out is None and outer:
                 c = np.dot(a.transpose(perm_a).reshape(na, 1),
                            b.transpose(perm_b).reshape(1, nbb)).reshape(result_shape)
                 return c if identity_out else c.transpose(perm_out)
-            a_b = a.transpose(perm_a).reshape(shape_a_b)
-            b_b = b.transpose(perm_b).reshape(shape_b_b)
+            a_b = view_a(a)
+            b_b = view_b(b)
             if out is not None:
                 np.multiply(a_b, b_b, out=out.transpose(back))
                 return out
@@ -121,6 +124,13 @@ def _same(a):
 
 def _transposed(a):
     return a.T
+
+
+def _reshaped(perm, new_shape, shape):
+    """``a.transpose(perm).reshape(new_shape)``, or nothing where that changes nothing."""
+    if perm == tuple(range(len(perm))):
+        return _same if tuple(shape) == tuple(new_shape) else (lambda a: a.reshape(new_shape))
+    return lambda a: a.transpose(perm).reshape(new_shape)
 
 
 def _matrix_view(perm, shape2, vector, shape):

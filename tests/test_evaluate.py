@@ -190,3 +190,38 @@ def test_plan_cache_does_not_skip_conversion_of_other_array_types():
             got = p.evaluate(A=A, B=B)
             assert type(got) is np.ndarray
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("src, wrt, dtype", [
+    ("y_i = 3 tanh(sum_j(W_ij x_j))", "W_pq", np.float64),       # coefficient 3 on the δ term
+    ("y_i = W_ij x_j u_i", "W_pq", np.float64),                  # δ_ip x_q u_i: a broadcast product
+    ("y_i = W_ij x_j u_i", "W_pq", np.float32),
+    ("C_ik = A_ij B_jk - A_ij A_jk", "A_pq", np.float64),        # two δ terms and a full term
+    ("L = x_i A_ij x_j + x_i x_i", ["x_p", "x_q"], np.float64),  # δ_pq with a constant
+])
+def test_delta_terms_written_straight_into_the_output(src, wrt, dtype):
+    """The first δ term goes into the zeroed output's diagonal view with out=; the result
+    must equal the derivative built independently from np.einsum with explicit identities."""
+    d = ed.diff(src, wrt)
+    rng = np.random.default_rng(3)
+    arrays = {"W": rng.normal(size=(5, 4)), "x": rng.normal(size=4), "u": rng.normal(size=5),
+              "A": rng.normal(size=(4, 4)), "B": rng.normal(size=(4, 3))}
+    if "A_jk" in src:
+        arrays["B"] = rng.normal(size=(4, 4))       # C_ik from both terms: k runs along A's axis
+    arrays = {k: v.astype(dtype) for k, v in arrays.items() if k in d.inputs}
+    got = d.evaluate(**arrays)
+    assert got.dtype == dtype
+    a = {k: v.astype(np.float64) for k, v in arrays.items()}
+    if src.startswith("y_i = 3"):
+        y = np.tanh(a["W"] @ a["x"])
+        want = 3 * np.einsum("ip,q->ipq", np.diag(1 - y ** 2), a["x"])
+    elif src.startswith("y_i"):
+        want = np.einsum("ip,q,i->ipq", np.eye(5), a["x"], a["u"])
+    elif src.startswith("C_ik"):
+        I = np.eye(4)
+        want = (np.einsum("ip,qk->ikpq", I, a["B"]) - np.einsum("ip,qk->ikpq", I, a["A"])
+                - np.einsum("ij,jp,kq->ikpq", a["A"], I, I))
+    else:
+        want = a["A"] + a["A"].T + 2 * np.eye(4)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
