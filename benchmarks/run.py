@@ -406,14 +406,18 @@ def run_case_size(case, which, cfg, jax, JNS, torch, TNS, ed):
             d = None
         if d is not None:
             try:
-                src = d.to_source("numpy")
+                # the shapes are known here, so the source spells out the same kernel steps
+                src = d.to_source("numpy", shapes={n: arrays[n].shape for n in d.inputs})
+                row["exported_source"] = src
                 ns = {}
                 exec(compile(src, f"<einderiv export case {case.id}>", "exec"), ns)
                 fn = ns["derivative"]
                 pos = [arrays[n] for n in d.inputs]
-                run_peer(row, "exported", lambda: fn(*pos), ref, cfg, "to_source('numpy')")
+                run_peer(row, "exported", lambda: fn(*pos), ref, cfg,
+                         "to_source('numpy', shapes=...)")
             except Exception as e:
-                row["peers"]["exported"] = {"label": "to_source('numpy')", "error": _short(e)}
+                row["peers"]["exported"] = {"label": "to_source('numpy', shapes=...)",
+                                            "error": _short(e)}
 
     # ---- torch.func
     if torch is not None:

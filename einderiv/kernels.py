@@ -1,50 +1,91 @@
 """Fast numpy contractions for compiled plans: opt_einsum chooses the path once, and each
 pairwise step runs as transpose → reshape → matmul with every permutation and shape fixed in
 advance, so a call costs little more than the BLAS call itself.
+
+Every piece is built twice from the same decisions: as a callable (``compile_contraction``,
+``compile_gram``: what ``evaluate`` runs) and as a numpy expression (``contraction_source``,
+``gram_source``: what ``to_source("numpy", shapes=...)`` writes), so exported code follows
+the same plan.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 import opt_einsum as oe
 
-__all__ = ["compile_contraction", "compile_gram"]
+__all__ = ["compile_contraction", "contraction_source", "compile_gram", "gram_source",
+           "gram", "GRAM_HELPER"]
 
 OUTER_BY_BLAS = 4096     # outer products with at least this many entries go through np.dot
 
 
-def _prepare(sub: str, out_keep: set, shape: tuple):
-    """A callable that takes one operand to distinct indices, summing those nobody else needs.
+# --- views: (callable, source template) pairs ------------------------------------------------
 
-    Returns (function or None, new subscript, new shape).
+def _same(a):
+    return a
+
+
+def _transposed(a):
+    return a.T
+
+
+_SAME = (_same, "{}")
+_T = (_transposed, "{}.T")
+
+
+def _view(perm, new_shape, shape):
+    """``a.transpose(perm).reshape(new_shape)`` with the calls that change nothing left out."""
+    perm, new_shape, shape = tuple(perm), tuple(new_shape), tuple(shape)
+    identity = perm == tuple(range(len(perm)))
+    if identity and shape == new_shape:
+        return _SAME
+    if perm == (1, 0) and (shape[1], shape[0]) == new_shape:
+        return _T
+    if identity:
+        return (lambda a: a.reshape(new_shape)), "{}.reshape(%r)" % (new_shape,)
+    if tuple(shape[k] for k in perm) == new_shape:
+        return (lambda a: a.transpose(perm)), "{}.transpose(%r)" % (perm,)
+    return (lambda a: a.transpose(perm).reshape(new_shape),
+            "{}.transpose(%r).reshape(%r)" % (perm, new_shape))
+
+
+def _einsum_op(expr):
+    return (lambda a: np.einsum(expr, a)), "np.einsum(%r, {})" % expr
+
+
+def _prepare(sub: str, out_keep: set, shape: tuple):
+    """The op taking one operand to distinct indices, summing those nobody else needs.
+
+    Returns (op or None, new subscript, new shape).
     """
-    seen = []
-    for c in sub:
-        if c not in seen:
-            seen.append(c)
+    seen = list(dict.fromkeys(sub))
     keep = [c for c in seen if c in out_keep]
-    size = {c: n for c, n in zip(sub, shape)}
+    size = dict(zip(sub, shape))
     if len(seen) == len(sub) and keep == list(sub):
         return None, sub, tuple(shape)
-    expr = f"{sub}->{''.join(keep)}"
-    return (lambda a: np.einsum(expr, a)), "".join(keep), tuple(size[c] for c in keep)
+    return _einsum_op(f"{sub}->{''.join(keep)}"), "".join(keep), tuple(size[c] for c in keep)
 
+
+# --- one pair of operands ----------------------------------------------------------------
 
 def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
-    """``einsum(sa,sb->so)`` as one matmul; the operands have distinct indices."""
+    """``einsum(sa,sb->so)`` as one matmul (or broadcast product); the operands have
+    distinct indices. Returns (callable, source) where ``source(a, b)`` is the expression."""
     first_free = next((c for c in so if not (c in sa and c in sb)), None)
     if first_free is not None and first_free not in sa:
         # the output starts with b's indices: compute b·a so no transpose is left over
-        sa, sb, shape_a, shape_b = sb, sa, shape_b, shape_a
-        inner = _pair(sa, sb, so, shape_a, shape_b)
+        inner, inner_source = _pair(sb, sa, so, shape_b, shape_a)
         if getattr(inner, "writes", False):
             def swapped(a, b, out=None):
                 return inner(b, a, out=out)
             swapped.writes = True
-            return swapped
-        return lambda a, b: inner(b, a)
+        else:
+            def swapped(a, b):
+                return inner(b, a)
+        return swapped, (lambda a, b: inner_source(b, a))
     size = dict(zip(sa, shape_a))
     size.update(zip(sb, shape_b))
     batch = [c for c in sa if c in sb and c in so]
@@ -57,12 +98,19 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
     na = math.prod(size[c] for c in free_a)
     nbb = math.prod(size[c] for c in free_b)
     nc = math.prod(size[c] for c in contracted)
-    shape3_a = (nb, na, nc)
-    shape3_b = (nb, nc, nbb)
     result_order = batch + free_a + free_b
     result_shape = tuple(size[c] for c in result_order)
     perm_out = tuple(result_order.index(c) for c in so)
-    identity_out = perm_out == tuple(range(len(perm_out)))
+
+    def back_to_output(product_shape):
+        """The product (of ``product_shape``) in the pair's output axes."""
+        if product_shape == result_shape:
+            return _view(perm_out, tuple(result_shape[k] for k in perm_out), result_shape)
+        shaped = "{}.reshape(%r)" % (result_shape,)
+        if perm_out == tuple(range(len(perm_out))):
+            return (lambda c: c.reshape(result_shape)), shaped
+        return (lambda c: c.reshape(result_shape).transpose(perm_out),
+                shaped + ".transpose(%r)" % (perm_out,))
 
     if not contracted:
         # no sum: a broadcast product, not a matmul with an inner dimension of 1; size-1 axes
@@ -71,27 +119,33 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
         shape_b_b = (tuple(size[c] for c in batch) + (1,) * len(free_a)
                      + tuple(size[c] for c in free_b))
         back = tuple(so.index(c) for c in result_order)
-        # a large outer product is faster as BLAS's rank-1 product (np.dot with an inner
-        # dimension of 1: 21 µs against 34 µs for 300×300) than as a broadcast multiply
-        outer = not batch and na * nbb >= OUTER_BY_BLAS
+        (view_a, src_a), (view_b, src_b) = _view(perm_a, shape_a_b, shape_a), _view(perm_b, shape_b_b, shape_b)
+        post, src_post = back_to_output(result_shape)
+        if not batch and na * nbb >= OUTER_BY_BLAS:
+            # a large outer product is faster as BLAS's rank-1 product (np.dot with an inner
+            # dimension of 1: 21 µs against 34 µs for 300×300) than as a broadcast multiply
+            (col, src_col), (row, src_row) = _view(perm_a, (na, 1), shape_a), _view(perm_b, (1, nbb), shape_b)
+            post2, src_post2 = back_to_output((na, nbb))
 
-        view_a = _reshaped(perm_a, shape_a_b, shape_a)
-        view_b = _reshaped(perm_b, shape_b_b, shape_b)
-
-        def run(a, b, out=None):
-            if out is None and outer:
-                c = np.dot(a.transpose(perm_a).reshape(na, 1),
-                           b.transpose(perm_b).reshape(1, nbb)).reshape(result_shape)
-                return c if identity_out else c.transpose(perm_out)
-            a_b = view_a(a)
-            b_b = view_b(b)
-            if out is not None:
-                np.multiply(a_b, b_b, out=out.transpose(back))
+            def run(a, b, out=None):
+                if out is None:
+                    return post2(np.dot(col(a), row(b)))
+                np.multiply(view_a(a), view_b(b), out=out.transpose(back))
                 return out
-            c = np.multiply(a_b, b_b)
-            return c if identity_out else c.transpose(perm_out)
+
+            def source(a, b):
+                return src_post2.format(f"np.dot({src_col.format(a)}, {src_row.format(b)})")
+        else:
+            def run(a, b, out=None):
+                if out is not None:
+                    np.multiply(view_a(a), view_b(b), out=out.transpose(back))
+                    return out
+                return post(np.multiply(view_a(a), view_b(b)))
+
+            def source(a, b):
+                return src_post.format(f"({src_a.format(a)} * {src_b.format(b)})")
         run.writes = True
-        return run
+        return run, source
 
     if nb == 1:
         # one matrix product: 2-D views keep transposes as BLAS flags instead of copies; a
@@ -100,80 +154,42 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
         vec_b = len(sb) == 1 and not free_b
         if vec_a and vec_b:
             vec_a = vec_b = False          # a dot product: keep a 0-d array, not a scalar
-        prep_a = _matrix_view(perm_a, (na, nc), vec_a, shape_a)
-        prep_b = _matrix_view(perm_b, (nc, nbb), vec_b, shape_b)
-        product_shape = (() if vec_a else (na,)) + (() if vec_b else (nbb,))
-        post = _result_view(product_shape, result_shape, perm_out, identity_out)
+        prep_a, src_a = _SAME if vec_a else _view(perm_a, (na, nc), shape_a)
+        prep_b, src_b = _SAME if vec_b else _view(perm_b, (nc, nbb), shape_b)
+        post, src_post = back_to_output((() if vec_a else (na,)) + (() if vec_b else (nbb,)))
 
         def run(a, b):
             return post(np.matmul(prep_a(a), prep_b(b)))
-        return run
+    else:
+        prep_a, src_a = _view(perm_a, (nb, na, nc), shape_a)
+        prep_b, src_b = _view(perm_b, (nb, nc, nbb), shape_b)
+        post, src_post = back_to_output((nb, na, nbb))
 
-    def run(a, b):
-        a3 = a.transpose(perm_a).reshape(shape3_a)
-        b3 = b.transpose(perm_b).reshape(shape3_b)
-        c = np.matmul(a3, b3).reshape(result_shape)
-        return c if identity_out else c.transpose(perm_out)
+        def run(a, b):
+            return post(np.matmul(prep_a(a), prep_b(b)))
 
-    return run
-
-
-def _same(a):
-    return a
+    def source(a, b):
+        return src_post.format(f"({src_a.format(a)} @ {src_b.format(b)})")
+    return run, source
 
 
-def _transposed(a):
-    return a.T
+# --- a whole contraction along an opt_einsum path ------------------------------------------
 
-
-def _reshaped(perm, new_shape, shape):
-    """``a.transpose(perm).reshape(new_shape)``, or nothing where that changes nothing."""
-    if perm == tuple(range(len(perm))):
-        return _same if tuple(shape) == tuple(new_shape) else (lambda a: a.reshape(new_shape))
-    return lambda a: a.transpose(perm).reshape(new_shape)
-
-
-def _matrix_view(perm, shape2, vector, shape):
-    """The operand (of ``shape``) as the 2-D matrix (or the vector) a matmul takes, in as few
-    calls as can be."""
-    if vector:
-        return _same
-    if perm == (1, 0) and (shape[1], shape[0]) == shape2:
-        return _transposed
-    if perm == tuple(range(len(perm))):
-        if tuple(shape) == shape2:
-            return _same
-        return lambda a: a.reshape(shape2)
-    return lambda a: a.transpose(perm).reshape(shape2)
-
-
-def _result_view(product_shape, result_shape, perm_out, identity_out):
-    """The matmul's product back in the pair's output axes."""
-    if product_shape == result_shape:
-        if identity_out:
-            return _same
-        if perm_out == (1, 0):
-            return _transposed
-        return lambda c: c.transpose(perm_out)
-    if identity_out:
-        return lambda c: c.reshape(result_shape)
-    return lambda c: c.reshape(result_shape).transpose(perm_out)
-
-
-def compile_contraction(subs: str, shapes: list, path):
-    """A numpy callable for ``subs`` along ``path`` (from ``opt_einsum.contract_path``)."""
+def _plan(subs: str, shapes: list, path):
+    """The steps of ``subs`` along ``path``, fixed now: ``("pair", (k1, k2), (op1, op2, kernel,
+    source))`` and ``("one", k, op)`` over a list of operands (popping k, appending the result),
+    then an optional ``finish`` op; or ``("single", kernel, source)`` for a lone pair.
+    None where the path has steps of more than two operands."""
     ins, out = subs.split("->")
     parts = ins.split(",")
     if len(parts) == 1:
-        expr = subs
-        return lambda a: np.einsum(expr, a)
+        return [("one", 0, _einsum_op(subs))], None
     if len(parts) == 2:
         f1, _, _ = _prepare(parts[0], set(parts[1] + out), shapes[0])
         f2, _, _ = _prepare(parts[1], set(parts[0] + out), shapes[1])
         if f1 is None and f2 is None:
             # one pair with nothing to prepare: the pair kernel is the whole contraction
-            return _pair(parts[0], parts[1], out, tuple(shapes[0]), tuple(shapes[1]))
-    # replay the path symbolically to fix every step now
+            return [("single",) + _pair(parts[0], parts[1], out, tuple(shapes[0]), tuple(shapes[1]))], None
     steps = []
     subs_list = list(parts)
     shapes_list = [tuple(s) for s in shapes]
@@ -183,64 +199,70 @@ def compile_contraction(subs: str, shapes: list, path):
         others = "".join(subs_list) + out
         if len(picked) == 1:
             (s, shp, k), = picked
-            keep = set(others)
-            fn, new_s, new_shape = _prepare(s, keep, shp)
-            steps.append(("one", k, fn or (lambda a: a)))
+            op, new_s, new_shape = _prepare(s, set(others), shp)
+            steps.append(("one", k, op or _SAME))
             subs_list.append(new_s)
             shapes_list.append(new_shape)
             continue
         if len(picked) != 2:
             return None
         (s1, shp1, k1), (s2, shp2, k2) = picked
-        keep1 = set(others) | set(s2)
-        keep2 = set(others) | set(s1)
-        f1, s1n, shp1n = _prepare(s1, keep1, shp1)
-        f2, s2n, shp2n = _prepare(s2, keep2, shp2)
+        op1, s1n, shp1n = _prepare(s1, set(others) | set(s2), shp1)
+        op2, s2n, shp2n = _prepare(s2, set(others) | set(s1), shp2)
         result = "".join(c for c in dict.fromkeys(s1n + s2n) if c in set(others))
-        mm = _pair(s1n, s2n, result, shp1n, shp2n)
+        kernel, source = _pair(s1n, s2n, result, shp1n, shp2n)
         size = dict(zip(s1n, shp1n))
         size.update(zip(s2n, shp2n))
-        steps.append(("two", (k1, k2), (f1, f2, mm)))
+        steps.append(("pair", (k1, k2), (op1, op2, kernel, source)))
         subs_list.append(result)
         shapes_list.append(tuple(size[c] for c in result))
-    final = subs_list[0]
     if len(subs_list) != 1:
         return None
+    final = subs_list[0]
+    finish = None
     if final != out:
         if sorted(final) != sorted(out) or len(set(final)) != len(final):
-            last = f"{final}->{out}"
-            finish = lambda a: np.einsum(last, a)  # noqa: E731
+            finish = _einsum_op(f"{final}->{out}")
         else:
             perm = tuple(final.index(c) for c in out)
-            finish = lambda a: a.transpose(perm)  # noqa: E731
-    else:
-        finish = None
+            finish = (lambda a: a.transpose(perm)), "{}.transpose(%r)" % (perm,)
+    return steps, finish
 
+
+def compile_contraction(subs: str, shapes: list, path):
+    """A numpy callable for ``subs`` along ``path`` (from ``opt_einsum.contract_path``);
+    ``fn(*operands, out=view)`` writes the result into ``view`` instead."""
+    planned = _plan(subs, shapes, path)
+    if planned is None:
+        return None
+    steps, finish = planned
+    if steps[0][0] == "single":
+        return steps[0][1]
+    if len(steps) == 1 and steps[0][0] == "one" and finish is None:
+        return steps[0][2][0]
     last = len(steps) - 1
-    direct = finish is None and bool(steps) and steps[-1][0] == "two" and getattr(
-        steps[-1][2][2], "writes", False)
+    direct = finish is None and steps[-1][0] == "pair" and getattr(steps[-1][2][2], "writes", False)
 
     def run(*operands, out=None):
-        """The contraction; with ``out`` (axes in the output's order) it is written there."""
         ops = list(operands)
         for n, (kind, where, fns) in enumerate(steps):
             if kind == "one":
-                ops.append(fns(ops.pop(where)))
-            else:
-                k1, k2 = where
-                a = ops.pop(k1)
-                b = ops.pop(k2)
-                f1, f2, mm = fns
-                if f1 is not None:
-                    a = f1(a)
-                if f2 is not None:
-                    b = f2(b)
-                if n == last and out is not None and direct:
-                    return mm(a, b, out=out)
-                ops.append(mm(a, b))
+                ops.append(fns[0](ops.pop(where)))
+                continue
+            k1, k2 = where
+            a = ops.pop(k1)
+            b = ops.pop(k2)
+            op1, op2, kernel, _ = fns
+            if op1 is not None:
+                a = op1[0](a)
+            if op2 is not None:
+                b = op2[0](b)
+            if n == last and out is not None and direct:
+                return kernel(a, b, out=out)
+            ops.append(kernel(a, b))
         result = ops[0]
         if finish is not None:
-            result = finish(result)
+            result = finish[0](result)
         if out is not None:
             np.copyto(out, result)
             return out
@@ -250,12 +272,26 @@ def compile_contraction(subs: str, shapes: list, path):
     return run
 
 
-def _check(subs, shapes, seed=0):  # pragma: no cover - a debugging aid
-    rng = np.random.default_rng(seed)
-    ops = [rng.normal(size=s) for s in shapes]
-    path, _ = oe.contract_path(subs, *shapes, shapes=True)
-    fn = compile_contraction(subs, shapes, path)
-    return np.abs(fn(*ops) - np.einsum(subs, *ops)).max()
+def contraction_source(subs: str, shapes: list, path, operands: list) -> str:
+    """The numpy expression computing ``subs`` over the operand expressions, following the
+    same steps as ``compile_contraction``."""
+    steps, finish = _plan(subs, shapes, path)
+    if steps[0][0] == "single":
+        return steps[0][2](*operands)
+    ops = list(operands)
+    for kind, where, fns in steps:
+        if kind == "one":
+            ops.append(fns[1].format(ops.pop(where)))
+            continue
+        k1, k2 = where
+        a, b = ops.pop(k1), ops.pop(k2)
+        op1, op2, _, source = fns
+        if op1 is not None:
+            a = op1[1].format(a)
+        if op2 is not None:
+            b = op2[1].format(b)
+        ops.append(source(a, b))
+    return finish[1].format(ops[0]) if finish is not None else ops[0]
 
 
 # --- weighted Gram matrices: half the work of a matmul ------------------------------------
@@ -265,23 +301,37 @@ GRAM_MIN_SUMMED = 16     # (an outer product x_p x_q, with nothing summed, is ne
 GRAM_MIN_WORK = 1 << 18  # multiply-adds of the gemm it replaces (≈ 5 µs on one core)
 
 
-def compile_gram(subs: str, shapes: list, refs: tuple, coeff: float):
-    """``coeff · Σ_C R[C,F] R[C,F'] w[C]`` (a Hessian's ``Xᵀ diag(w) X``) as one symmetric
-    rank-k update, or None when ``subs`` is not of that form.
+def gram(r, w=None):
+    """``Σ_c r[c, f] r[c, g] w[c]`` for a matrix r and a column of weights w (None: ones).
 
-    The two R operands must be the same array (``refs``) with the summed indices C at the
-    same axes and the free indices F, F' (the whole output) at the others; every other
-    operand is a weight over C. With ``s = √(coeff·w)``, the result is ``(s·R)ᵀ(s·R)``, which
-    numpy hands to BLAS ``syrk`` (half the multiplications of ``gemm``, an exactly symmetric
-    result). Weights of mixed sign fall back to one ``gemm`` at run time.
+    With weights of one sign, ``y = √|w|·r`` and ``±yᵀy``: numpy hands ``y.T @ y`` to BLAS
+    ``syrk`` (half the multiplications of ``gemm``, an exactly symmetric result). Weights of
+    mixed sign (or not floating point) take one ``gemm``.
     """
+    if w is None:
+        return r.T @ r
+    if w.dtype.kind == "f":
+        if w.min() >= 0.0:
+            y = np.sqrt(w) * r
+            return y.T @ y
+        if w.max() <= 0.0:
+            y = np.sqrt(-w) * r
+            g = y.T @ y
+            np.negative(g, out=g)
+            return g
+    return r.T @ (w * r)
+
+
+# the helper as exported code defines it (the same function, under a private name)
+GRAM_HELPER = inspect.getsource(gram).replace("def gram(", "def _gram(", 1)
+
+
+def _gram_spec(subs: str, shapes: list, refs: tuple):
+    """Where ``subs`` is ``Σ_C R[C,F] R[C,F'] w[C]``: which operands play R and w, and how."""
     ins, out = subs.split("->")
     parts = ins.split(",")
-    pair = None
-    for a, b in ((a, b) for a in range(len(parts)) for b in range(a + 1, len(parts))):
-        if refs[a] == refs[b] and len(parts[a]) == len(parts[b]):
-            pair = (a, b)
-            break
+    pair = next(((a, b) for a in range(len(parts)) for b in range(a + 1, len(parts))
+                 if refs[a] == refs[b] and len(parts[a]) == len(parts[b])), None)
     if pair is None:
         return None
     a, b = pair
@@ -297,58 +347,106 @@ def compile_gram(subs: str, shapes: list, refs: tuple, coeff: float):
             or sorted(out) != sorted(f1 + f2)
             or any(not set(parts[k]) <= set(summed) or len(set(parts[k])) != len(parts[k])
                    for k in weights)
-            or set(f1 + f2) & set(sa[k] for k in shared)):
+            or set(f1 + f2) & set(summed)):
         return None
-    shape = shapes[a]
+    shape = tuple(shapes[a])
     n_summed = math.prod(shape[k] for k in shared)
     n_free = math.prod(shape[k] for k in free)
     if (n_free < GRAM_MIN_COLUMNS or n_summed < GRAM_MIN_SUMMED
             or n_summed * n_free * n_free < GRAM_MIN_WORK):
         return None
-    to_2d = tuple(shared + free)
     free_shape = tuple(shape[k] for k in free)
     result = f1 + f2
     perm_out = tuple(result.index(c) for c in out)
-    identity_out = perm_out == tuple(range(len(perm_out)))
+    square = free_shape + free_shape
     summed_shape = tuple(shape[k] for k in shared)
-    weigh = [_aligned(parts[k], shapes[k], summed) for k in weights]
+    return {
+        "r": a,
+        "r_view": _view(tuple(shared + free), (n_summed, n_free), shape),
+        "weights": [(k, _aligned(parts[k], shapes[k], summed)) for k in weights],
+        "covered": any(set(parts[k]) == set(summed) for k in weights),
+        "summed_shape": summed_shape, "column": (n_summed, 1),
+        "out_view": _view(perm_out, tuple(square[k] for k in perm_out), square)
+        if (n_free,) * 2 == square else None,
+        "square": square, "perm_out": perm_out,
+    }
+
+
+def _aligned(sub: str, shape, target: str):
+    """The op viewing an operand over ``sub`` as broadcastable along ``target``."""
+    perm = tuple(sorted(range(len(sub)), key=lambda k: target.index(sub[k])))
+    size = dict(zip(sub, shape))
+    full = tuple(size.get(c, 1) for c in target)
+    return _view(perm, full, shape)
+
+
+def _gram_back(spec):
+    """The (n_free × n_free) Gram matrix in the output's axes: (callable, template)."""
+    if spec["out_view"] is not None:
+        return spec["out_view"]
+    square, perm_out = spec["square"], spec["perm_out"]
+    return (lambda g: g.reshape(square).transpose(perm_out),
+            "{}.reshape(%r).transpose(%r)" % (square, perm_out))
+
+
+def compile_gram(subs: str, shapes: list, refs: tuple, coeff: float):
+    """``coeff · Σ_C R[C,F] R[C,F'] w[C]`` (a Hessian's ``Xᵀ diag(w) X``) through ``gram``
+    (one symmetric rank-k update), or None when ``subs`` is not of that form or too small to
+    gain. The two R operands must be the same array (``refs``) with the summed indices C at
+    the same axes and the free indices F, F' (the whole output) at the others; every other
+    operand is a weight over C. ``coeff`` goes into the weights (inside the square root).
+    """
+    spec = _gram_spec(subs, shapes, refs)
+    if spec is None:
+        return None
+    a, (r_view, _), weights = spec["r"], spec["r_view"], spec["weights"]
+    summed_shape, column, covered = spec["summed_shape"], spec["column"], spec["covered"]
+    back = _gram_back(spec)[0]
     coeff = float(coeff)
 
     def run(*operands):
-        r = operands[a].transpose(to_2d).reshape(n_summed, n_free)
+        r = r_view(operands[a])
         if not weights:
-            g = r.T @ r
+            g = gram(r)
             if coeff != 1.0:
                 g *= coeff
-        else:
-            w = None
-            for k, align in zip(weights, weigh):
-                w = align(operands[k]) if w is None else w * align(operands[k])
-            if coeff != 1.0:
-                w = w * coeff
-            w = np.broadcast_to(w, summed_shape).reshape(n_summed, 1)
-            if w.dtype.kind != "f":
-                g = r.T @ (w * r)
-            elif w.min() >= 0.0:
-                y = np.sqrt(w) * r
-                g = y.T @ y
-            elif w.max() <= 0.0:
-                y = np.sqrt(-w) * r
-                g = y.T @ y
-                np.negative(g, out=g)
-            else:
-                g = r.T @ (w * r)
-        g = g.reshape(free_shape + free_shape)
-        return g if identity_out else g.transpose(perm_out)
+            return back(g)
+        w = None
+        for k, (align, _) in weights:
+            w = align(operands[k]) if w is None else w * align(operands[k])
+        if coeff != 1.0:
+            w = w * coeff
+        w = w.reshape(column) if covered else np.broadcast_to(w, summed_shape).reshape(column)
+        return back(gram(r, w))
 
     return run
 
 
-def _aligned(sub: str, shape, target: str):
-    """A function viewing an operand over ``sub`` as broadcastable along ``target``."""
-    perm = tuple(sorted(range(len(sub)), key=lambda k: target.index(sub[k])))
-    size = dict(zip(sub, shape))
-    full = tuple(size.get(c, 1) for c in target)
-    if perm == tuple(range(len(sub))):
-        return lambda x: x.reshape(full)
-    return lambda x: x.transpose(perm).reshape(full)
+def gram_source(subs: str, shapes: list, refs: tuple, coeff: float, operands: list):
+    """The expression ``compile_gram`` evaluates, over operand expressions (it calls the
+    ``_gram`` helper, ``GRAM_HELPER``), or None where the Gram kernel does not apply."""
+    spec = _gram_spec(subs, shapes, refs)
+    if spec is None:
+        return None
+    r = spec["r_view"][1].format(operands[spec["r"]])
+    back = _gram_back(spec)[1]
+    coeff = float(coeff)
+    if not spec["weights"]:
+        value = f"_gram({r})"
+        return back.format(value if coeff == 1.0 else f"({coeff!r} * {value})")
+    w = " * ".join(t.format(operands[k]) for k, (_, t) in spec["weights"])
+    if coeff != 1.0:
+        w = f"{w} * {coeff!r}"
+    if spec["covered"]:
+        w = f"({w}).reshape({spec['column']!r})"
+    else:
+        w = f"np.broadcast_to({w}, {spec['summed_shape']!r}).reshape({spec['column']!r})"
+    return back.format(f"_gram({r}, {w})")
+
+
+def _check(subs, shapes, seed=0):  # pragma: no cover - a debugging aid
+    rng = np.random.default_rng(seed)
+    ops = [rng.normal(size=s) for s in shapes]
+    path, _ = oe.contract_path(subs, *shapes, shapes=True)
+    fn = compile_contraction(subs, shapes, path)
+    return np.abs(fn(*ops) - np.einsum(subs, *ops)).max()

@@ -127,8 +127,10 @@ def _wrt_spec(rng, name, ndim, letters, allow_bare=True):
     return f"{name}_{letters}"
 
 
-def _exec_export(d, arrays):
-    src = d.to_source("numpy")
+def _exec_export(d, arrays, shapes=False):
+    """The exported numpy function's result; with ``shapes`` the paths and the kernel steps
+    (transposes, matmuls, Gram products) are written into the source."""
+    src = d.to_source("numpy", shapes={n: np.shape(arrays[n]) for n in d.inputs} if shapes else None)
     assert "def derivative(" in src
     ns = {}
     exec(compile(src, "<einderiv export>", "exec"), ns)
@@ -190,6 +192,8 @@ def check_value_and_jacobian(p, seed):
 
     exported = _exec_export(d, arrays)
     assert_close(exported, got, 1e-10, "exported numpy code vs evaluate")
+    exported = _exec_export(d, arrays, shapes=True)
+    assert_close(exported, got, 1e-10, "exported numpy code for fixed shapes vs evaluate")
 
 
 # ---------------------------------------------------------------------------

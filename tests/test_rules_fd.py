@@ -863,6 +863,39 @@ def test_to_source_numpy(case):
 
 
 @pytest.mark.parametrize("case", SOURCE_CASES, ids=[c[0] for c in SOURCE_CASES])
+def test_to_source_numpy_for_fixed_shapes(case):
+    """With shapes= the source spells out evaluate's steps (no opt_einsum at run time)."""
+    d, arrays, ev = _source_case(case)
+    text = d.to_source("numpy", shapes={k: arrays[k].shape for k in d.inputs})
+    assert "opt_einsum" not in text and "_contract(" not in text
+    fn = _compiled(text)
+    got = np.asarray(fn(*[arrays[k] for k in d.inputs]))
+    assert_close(got, ev, rtol=1e-12, atol=1e-12, nonzero=True, what="to_source numpy, shapes")
+
+
+@pytest.mark.parametrize("signs", ["labels ±1", "any sign"])
+def test_to_source_writes_the_gram_product_of_a_glm_hessian(signs):
+    """Xᵀ diag(w) X (the logistic Hessian, and one with weights of any sign) is exported as
+    the same symmetric product evaluate runs, and agrees with finite differences."""
+    rng = np.random.default_rng(52)
+    X, w = rng.normal(size=(600, 30)), 0.1 * rng.normal(size=30)
+    if signs == "labels ±1":
+        src, extra = "L = softplus(-y_i sum_j(X_ij w_j))", {"y": np.sign(rng.normal(size=600))}
+        f = lambda w, X, y: np.sum(np.log1p(np.exp(-y * (X @ w))))  # noqa: E731
+    else:
+        src, extra = "L = c_i (sum_j(X_ij w_j))^2", {"c": rng.normal(size=600)}
+        f = lambda w, X, c: np.sum(c * (X @ w) ** 2)  # noqa: E731
+    arrays = {"X": X, "w": w, **extra}
+    d = ed.diff(src, ["w_p", "w_q"])
+    text = d.to_source("numpy", shapes={k: arrays[k].shape for k in d.inputs})
+    assert "_gram(" in text
+    got = _compiled(text)(*[arrays[k] for k in d.inputs])
+    assert_close(got, d.evaluate(**arrays), rtol=1e-12, atol=1e-12, what="export vs evaluate")
+    ref = fd_derivative(f, arrays, ["w", "w"])
+    assert_close(got, ref, atol_rel=ATOL_REL[2], what="Gram Hessian vs finite differences")
+
+
+@pytest.mark.parametrize("case", SOURCE_CASES, ids=[c[0] for c in SOURCE_CASES])
 def test_to_source_torch(case):
     torch = pytest.importorskip("torch")
     d, arrays, ev = _source_case(case)

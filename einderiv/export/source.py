@@ -8,12 +8,14 @@ User text appears in the source only as identifiers the grammar has already vali
 from __future__ import annotations
 
 import keyword
+import math
 
 import opt_einsum as oe
 
 from ..errors import EinderivError
 from ..evaluate import ExprStep, FuncStep, PowerStep, _subscripts, delta_classes
 from ..functions import FUNCTIONS
+from ..kernels import GRAM_HELPER, contraction_source, gram_source
 
 __all__ = ["generate"]
 
@@ -101,7 +103,7 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     if not name.isidentifier() or keyword.iskeyword(name):
         raise EinderivError(f"'{name}' is not a valid Python function name")
     plan = program._lowered()
-    taken = set(_MODULES) | {name, "_diagonal", "_add_diagonal"}
+    taken = set(_MODULES) | {name, "_diagonal", "_add_diagonal", "_gram", "_contract", "_PATHS"}
     names = {}
     for inp in plan.inputs:
         names[inp] = _ident(inp, taken)
@@ -117,6 +119,7 @@ def generate(program, target: str, name: str, shapes=None) -> str:
                                  {k: tuple(v) for k, v in shapes.items()}, program._sizes)
 
     lines = []
+    helpers = set()
     uses_diag = False
     temp_count = 0
     for step in plan.steps:
@@ -138,7 +141,7 @@ def generate(program, target: str, name: str, shapes=None) -> str:
             else:
                 lines.append(f"{tgt} = {src} ** {step.exponent!r}")
         elif isinstance(step, ExprStep):
-            used = _expr_lines(step, tgt, names, plan, program, target, dim_size, lines)
+            used = _expr_lines(step, tgt, names, plan, program, target, dim_size, lines, helpers)
             uses_diag |= used
     outs = list(plan.outputs.items())
     if len(outs) == 1:
@@ -152,10 +155,14 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     doc = _docstring(program, plan, names)
     body = "\n".join("    " + line for line in lines)
     head = _HEADER[target]
-    helpers = _DIAG[target] if uses_diag else ""
+    extra = _DIAG[target] if uses_diag else ""
+    if "gram" in helpers:
+        extra = "\n\n" + GRAM_HELPER + extra
     if target == "numpy" and dim_size is None and "_contract(" in body:
-        helpers = _CONTRACT + helpers
-    return (f"{head}{helpers}\n\ndef {name}({', '.join(params)}):\n{doc}{body}\n")
+        extra = _CONTRACT + extra
+    if target == "numpy" and "oe." not in body and "_contract(" not in body:
+        head = head.replace("import opt_einsum as oe\n", "")
+    return (f"{head}{extra}\n\ndef {name}({', '.join(params)}):\n{doc}{body}\n")
 
 
 def _docstring(program, plan, names):
@@ -186,15 +193,16 @@ def _contract_call(subs, operands, target, dim_size, shapes_of):
     args = ", ".join(operands)
     if target == "numpy":
         if dim_size is not None:
+            # shapes known: the same steps evaluate runs (transposes, matmuls), written out
             path, _ = oe.contract_path(subs, *shapes_of, shapes=True, optimize="auto")
-            return f"oe.contract({subs!r}, {args}, optimize={path!r})"
+            return contraction_source(subs, shapes_of, path, list(operands))
         return f"_contract({subs!r}, {args})"
     if target == "torch":
         return f"torch.einsum({subs!r}, {args})"
     return f"jnp.einsum({subs!r}, {args})"
 
 
-def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lines) -> bool:
+def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lines, helpers) -> bool:
     order = step.order
     shape = "(" + ", ".join(_shape_expr(d, names, plan.input_dims, program) for d in step.dims) + ("," if len(step.dims) == 1 else "") + ")"
     zeros = {"numpy": f"np.zeros({shape}, dtype=dtype)",
@@ -204,7 +212,8 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
     pieces = []
     for term in step.terms:
         coeff = term.coeff
-        factor_text = [repr(coeff)] if coeff != 1.0 else []
+        sign = -1 if coeff == -1.0 else 1      # a lone minus becomes "-=" below
+        factor_text = [repr(coeff)] if coeff not in (1.0, -1.0) else []
         for d in term.sizes:
             factor_text.append(_shape_expr(d, names, plan.input_dims, program))
         if term.deltas:
@@ -219,7 +228,18 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
             shapes_of = None
             if dim_size is not None:
                 shapes_of = [tuple(dim_size[d] for d in _dims_of(ref, plan, program)) for ref, _ in operands]
-            value = _contract_call(subs, [names[r] for r, _ in operands], target, dim_size, shapes_of)
+            value = None
+            if target == "numpy" and dim_size is not None and len(operands) >= 2:
+                # Xᵀ diag(w) X as one symmetric product, as evaluate does; the coefficient and
+                # the sizes go inside (the shapes are fixed anyway)
+                total = coeff * math.prod(dim_size[d] for d in term.sizes)
+                value = gram_source(subs, shapes_of, tuple(r for r, _ in operands), total,
+                                    [names[r] for r, _ in operands])
+                if value is not None:
+                    factor_text, sign = [], 1
+                    helpers.add("gram")
+            if value is None:
+                value = _contract_call(subs, [names[r] for r, _ in operands], target, dim_size, shapes_of)
             if len(operands) == 1 and len(set(subs.split("->")[0])) == len(subs.split("->")[0]) and sorted(subs.split("->")[0]) == sorted(subs.split("->")[1]):
                 ins, outs = subs.split("->")
                 perm = tuple(ins.index(c) for c in outs)
@@ -241,28 +261,49 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
         if len(kept) != len(view_axes):
             index = ", ".join(":" if i in present else "None" for i in view_axes)
             value = f"({value})[{index}]" if operands else value
-        pieces.append((value, groups, len(kept) == len(view_axes) and bool(operands)))
+        full = len(kept) == len(view_axes) and bool(operands)
+        # a product or a scaled value is a new array; a lone operand (maybe transposed) is not
+        fresh = full and (len(operands) >= 2 or bool(factor_text))
+        pieces.append((value, groups, full, sign, fresh))
     if len(pieces) == 1 and pieces[0][1] is None and pieces[0][2]:
-        lines.append(f"{tgt} = {pieces[0][0]}")
+        value, _, _, sign, _ = pieces[0]
+        lines.append(f"{tgt} = {value}" if sign > 0 else f"{tgt} = -({value})")
         return False
     dtype_line = {"numpy": "dtype = np.result_type(" + ", ".join([names[i] for i in plan.inputs] + ["1.0"]) + ")",
                   "torch": f"dtype = {names[plan.inputs[0]]}.dtype if {names[plan.inputs[0]]}.is_floating_point() else torch.float64" if plan.inputs else "dtype = torch.float64",
                   "jax": "dtype = jnp.result_type(" + ", ".join([names[i] for i in plan.inputs] + ["1.0"]) + ")"}[target]
     if "dtype = " not in "\n".join(lines):
         lines.insert(0, dtype_line)
-    lines.append(f"{tgt} = {zeros}")
-    for value, groups, full in pieces:
+    start = None
+    if target == "numpy":
+        # the output starts from a full term (a new array is used as it is) instead of zeros
+        start = next((k for k, p in enumerate(pieces) if p[1] is None and p[2] and p[4]),
+                     next((k for k, p in enumerate(pieces) if p[1] is None and p[2]), None))
+    if start is None:
+        lines.append(f"{tgt} = {zeros}")
+    else:
+        value, _, _, sign, fresh = pieces[start]
+        if sign < 0:
+            lines.append(f"{tgt} = np.negative({value}, dtype=dtype)")
+        elif fresh:
+            lines.append(f"{tgt} = np.asarray({value}, dtype=dtype)")
+        else:
+            lines.append(f"{tgt} = np.array({value}, dtype=dtype)")
+    for k, (value, groups, full, sign, _) in enumerate(pieces):
+        if k == start:
+            continue
+        op = "+" if sign > 0 else "-"
         if groups is None:
             if target == "jax":
-                lines.append(f"{tgt} = {tgt} + {value}")
+                lines.append(f"{tgt} = {tgt} {op} {value}")
             else:
-                lines.append(f"{tgt} += {value}")
+                lines.append(f"{tgt} {op}= {value}")
         else:
             used_diag = True
             if target == "jax":
-                lines.append(f"{tgt} = _add_diagonal({tgt}, {value}, {groups!r})")
+                lines.append(f"{tgt} = _add_diagonal({tgt}, {value if sign > 0 else '-(' + value + ')'}, {groups!r})")
             else:
-                lines.append(f"_diagonal({tgt}, {groups!r})[...] += {value}")
+                lines.append(f"_diagonal({tgt}, {groups!r})[...] {op}= {value}")
     return used_diag
 
 
