@@ -13,7 +13,7 @@ import math
 import opt_einsum as oe
 
 from ..errors import EinderivError
-from ..evaluate import ExprStep, FuncStep, PowerStep, _subscripts, delta_classes
+from ..evaluate import _LETTERS, ExprStep, FuncStep, PowerStep, _subscripts, delta_classes
 from ..functions import FUNCTIONS
 from ..kernels import GRAM_HELPER, contraction_source, gram_source
 
@@ -41,13 +41,6 @@ def _contract(subscripts, *operands):
 '''
 
 _DIAG = {
-    "numpy": '''
-def _diagonal(out, groups):
-    """A writable view of `out` where the axes of each group run together."""
-    shape = [out.shape[g[0]] for g in groups]
-    strides = [sum(out.strides[k] for k in g) for g in groups]
-    return np.lib.stride_tricks.as_strided(out, shape, strides, writeable=True)
-''',
     "torch": '''
 def _diagonal(out, groups):
     """A view of `out` where the axes of each group run together."""
@@ -155,7 +148,7 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     doc = _docstring(program, plan, names)
     body = "\n".join("    " + line for line in lines)
     head = _HEADER[target]
-    extra = _DIAG[target] if uses_diag else ""
+    extra = _DIAG.get(target, "") if uses_diag else ""
     if "gram" in helpers:
         extra = "\n\n" + GRAM_HELPER + extra
     if target == "numpy" and dim_size is None and "_contract(" in body:
@@ -239,7 +232,18 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
                     factor_text, sign = [], 1
                     helpers.add("gram")
             if value is None:
-                value = _contract_call(subs, [names[r] for r, _ in operands], target, dim_size, shapes_of)
+                args = [names[r] for r, _ in operands]
+                if target == "numpy" and dim_size is not None and len(operands) >= 2 and coeff != 1.0:
+                    # as evaluate does: the coefficient scales the smallest operand, not the
+                    # (larger) result
+                    total = coeff * math.prod(dim_size[d] for d in term.sizes)
+                    sizes_of = [math.prod(shp) for shp in shapes_of]
+                    k = min(range(len(args)), key=sizes_of.__getitem__)
+                    result_size = math.prod(dim_size[step.dims[order.index(i)]] for i in kept)
+                    if sizes_of[k] < result_size:
+                        args[k] = f"({total!r} * {args[k]})"
+                        factor_text, sign = [], 1
+                value = _contract_call(subs, args, target, dim_size, shapes_of)
             if len(operands) == 1 and len(set(subs.split("->")[0])) == len(subs.split("->")[0]) and sorted(subs.split("->")[0]) == sorted(subs.split("->")[1]):
                 ins, outs = subs.split("->")
                 perm = tuple(ins.index(c) for c in outs)
@@ -303,8 +307,21 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
             if target == "jax":
                 lines.append(f"{tgt} = _add_diagonal({tgt}, {value if sign > 0 else '-(' + value + ')'}, {groups!r})")
             else:
-                lines.append(f"_diagonal({tgt}, {groups!r})[...] {op}= {value}")
+                lines.append(f"{_diagonal_view(tgt, groups, len(order), target)}[...] {op}= {value}")
     return used_diag
+
+
+def _diagonal_view(tgt, groups, ndim, target):
+    """The writable view of ``tgt`` where the axes of each group run together: numpy's
+    ``np.einsum('ikiq->ikq', out)`` (a view, writable since numpy 1.10); torch's as_strided."""
+    if target != "numpy":
+        return f"_diagonal({tgt}, {groups!r})"
+    letter = {}
+    for g, axes in enumerate(groups):
+        for k in axes:
+            letter[k] = _LETTERS[g]
+    sub = "".join(letter[k] for k in range(ndim)) + "->" + _LETTERS[:len(groups)]
+    return f"np.einsum({sub!r}, {tgt})"
 
 
 def _dims_of(ref, plan, program):
