@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import os
 import string
 from dataclasses import dataclass, field
@@ -321,6 +322,8 @@ class Compiled:
         self.runners = runners
         self.outputs = outputs
         self.dtype = result_dtype
+        # the one result's reference, or None for several outputs
+        self.single = next(iter(outputs.values()))[0] if len(outputs) == 1 else None
 
     def __call__(self, env):
         for run in self.runners:
@@ -508,17 +511,17 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
                 fn = _scaled(fn, k, coeff)
                 coeff = 1.0
         plans.append((coeff, refs, fn, term.deltas, expand, len(kept) == len(view_axes),
-                      len(operands) >= 2, groups))
+                      len(operands) >= 2, groups, _bind(fn, refs) if fn is not None else None))
 
     # fast path: one term, no δ, nothing broadcast: the einsum result is the value
     if len(plans) == 1 and not plans[0][3] and plans[0][5] and plans[0][2] is not None:
-        coeff, refs, fn, _, _, _, fresh, _ = plans[0]
+        coeff, refs, fn, _, _, _, fresh, _, call = plans[0]
         if coeff == 1.0:
             def run(env):
-                env[target] = fn(*[env[r] for r in refs])
+                env[target] = call(env)
         elif fresh and backend == "numpy":
             def run(env):
-                value = fn(*[env[r] for r in refs])
+                value = call(env)
                 if type(value) is np.ndarray:
                     np.multiply(value, coeff, out=value)  # a fresh result: scale in place
                     env[target] = value
@@ -526,7 +529,7 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
                     env[target] = coeff * value
         else:
             def run(env):
-                env[target] = coeff * fn(*[env[r] for r in refs])
+                env[target] = coeff * call(env)
         return run
 
     if backend == "numpy":
@@ -536,8 +539,8 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
 
     def run(env):
         out = None
-        for coeff, refs, fn, deltas, expand, full, _, groups in plans:
-            value = fn(*[env[r] for r in refs]) if fn is not None else None
+        for coeff, refs, fn, deltas, expand, full, _, groups, call in plans:
+            value = call(env) if call is not None else None
             if xp != "functional":
                 if out is None and not deltas and full and value is not None:
                     out = _fresh_copy(value, coeff, xp, dtype)
@@ -558,6 +561,18 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
         env[target] = out
 
     return run
+
+
+def _bind(fn, refs):
+    """``env -> fn(env[ref], ...)``, without building an argument list per call."""
+    if len(refs) == 1:
+        r0, = refs
+        return lambda env: fn(env[r0])
+    if len(refs) == 2:
+        r0, r1 = refs
+        return lambda env: fn(env[r0], env[r1])
+    get = operator.itemgetter(*refs)
+    return lambda env: fn(*get(env))
 
 
 def _scaled(fn, k, coeff):
@@ -588,15 +603,15 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
         out = None
         if pairable:
             first, second = terms[0], terms[1]
-            a = first[2](*[env[r] for r in first[1]])
-            b = second[2](*[env[r] for r in second[1]])
+            a = first[8](env)
+            b = second[8](env)
             out = np.add(a, b, dtype=dtype) if second[0] == 1.0 else np.subtract(a, b, dtype=dtype)
             if type(out) is not np.ndarray:
                 out = np.asarray(out)
             rest = terms[2:]
         elif starts:
-            coeff, refs, fn, _, _, _, fresh, _ = terms[0]
-            value = fn(*[env[r] for r in refs])
+            coeff, refs, fn, _, _, _, fresh, _, call = terms[0]
+            value = call(env)
             if fresh and type(value) is np.ndarray and value.dtype == dtype:
                 if coeff != 1.0:
                     np.multiply(value, coeff, out=value)
@@ -613,7 +628,7 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
                 out = np.asarray(out)
             rest = terms[1:]
         zeros = False
-        for coeff, refs, fn, deltas, expand, full, _, _ in rest:
+        for coeff, refs, fn, deltas, expand, full, _, _, call in rest:
             if out is None:
                 out = np.zeros(out_shape, dtype=dtype)
                 zeros = True
@@ -630,7 +645,7 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
                 zeros = False
                 continue
             zeros = False
-            value = fn(*[env[r] for r in refs])
+            value = call(env)
             if not full:
                 value = value[expand]
             if coeff == 1.0:

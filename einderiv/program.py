@@ -141,13 +141,11 @@ class Program:
         elif backend == "numpy":
             if compiled.cast:
                 arrays = {k: np.asarray(v, dtype=compiled.dtype) for k, v in arrays.items()}
-        env = compiled(dict(arrays))
-        outs = compiled.outputs
-        if len(outs) == 1:
-            (ref, _), = outs.values()
-            return env[ref]
+        env = compiled(arrays)          # our own dict (keyword arguments): temporaries go in
+        if compiled.single is not None:
+            return env[compiled.single]
         return {self._result_keys.get(name, name) if self._result_keys else name: env[ref]
-                for name, (ref, _) in outs.items()}
+                for name, (ref, _) in compiled.outputs.items()}
 
     def _prepare(self, arrays, backend):
         missing = [n for n in self._inputs if n not in arrays]
