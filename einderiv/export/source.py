@@ -278,6 +278,13 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
                   "jax": "dtype = jnp.result_type(" + ", ".join([names[i] for i in plan.inputs] + ["1.0"]) + ")"}[target]
     if "dtype = " not in "\n".join(lines):
         lines.insert(0, dtype_line)
+    if (target == "numpy" and len(pieces) == 2 and all(p[1] is None and p[2] for p in pieces)
+            and pieces[0][3] > 0):
+        # a + b or a - b in one pass
+        (a, _, _, _, _), (b, _, _, sign, _) = pieces
+        ufunc = "np.add" if sign > 0 else "np.subtract"
+        lines.append(f"{tgt} = {ufunc}({a}, {b}, dtype=dtype)")
+        return False
     start = None
     if target == "numpy":
         # the output starts from a full term (a new array is used as it is) instead of zeros
