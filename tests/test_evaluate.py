@@ -173,6 +173,7 @@ def test_backends_agree_with_numpy(src, wrt, backend):
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")     # np.matrix, on purpose
 def test_plan_cache_does_not_skip_conversion_of_other_array_types():
     """A plan cached for one call must not let a second call's torch tensors, np.matrix or
     lists past the conversion to ndarray (the second call once crashed inside a kernel)."""
