@@ -597,6 +597,26 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
     starts = bool(terms) and terms[0][5] and not terms[0][3] and terms[0][2] is not None
     pairable = (starts and len(terms) >= 2 and terms[1][5] and not terms[1][3]
                 and terms[1][2] is not None and terms[0][0] == 1.0 and terms[1][0] in (1.0, -1.0))
+    if (starts and not pairable and not const and terms[0][0] == 1.0 and terms[0][6]
+            and all(not p[3] and p[2] is not None and p[0] in (1.0, -1.0) for p in terms[1:])):
+        # the common shape of a statement with biases, y = W·x + b: a fresh product, then
+        # broadcast additions in place (no zeros, no branching per call)
+        first = terms[0][8]
+        adds = [(p[8], None if p[5] else p[4], p[0] > 0) for p in terms[1:]]
+
+        def run(env):
+            out = first(env)
+            if type(out) is not np.ndarray or out.dtype != dtype:
+                out = np.array(out, dtype=dtype)
+            for call, expand, plus in adds:
+                value = call(env) if expand is None else call(env)[expand]
+                if plus:
+                    out += value
+                else:
+                    out -= value
+            env[target] = out
+        return run
+
     def run(env):
         pending = const
         rest = terms
