@@ -157,20 +157,29 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
         prep_a, src_a = _SAME if vec_a else _view(perm_a, (na, nc), shape_a)
         prep_b, src_b = _SAME if vec_b else _view(perm_b, (nc, nbb), shape_b)
         post, src_post = back_to_output((() if vec_a else (na,)) + (() if vec_b else (nbb,)))
-
-        def run(a, b):
-            return post(np.matmul(prep_a(a), prep_b(b)))
     else:
         prep_a, src_a = _view(perm_a, (nb, na, nc), shape_a)
         prep_b, src_b = _view(perm_b, (nb, nc, nbb), shape_b)
         post, src_post = back_to_output((nb, na, nbb))
-
-        def run(a, b):
-            return post(np.matmul(prep_a(a), prep_b(b)))
+    run = _around(np.matmul, prep_a, prep_b, post)
 
     def source(a, b):
         return src_post.format(f"({src_a.format(a)} @ {src_b.format(b)})")
     return run, source
+
+
+def _around(op, prep_a, prep_b, post):
+    """``post(op(prep_a(a), prep_b(b)))`` with the identity views left out (a bare
+    ``np.matmul`` where nothing needs a transpose or a reshape)."""
+    if prep_a is _same and prep_b is _same:
+        return op if post is _same else (lambda a, b: post(op(a, b)))
+    if post is _same:
+        if prep_a is _same:
+            return lambda a, b: op(a, prep_b(b))
+        if prep_b is _same:
+            return lambda a, b: op(prep_a(a), b)
+        return lambda a, b: op(prep_a(a), prep_b(b))
+    return lambda a, b: post(op(prep_a(a), prep_b(b)))
 
 
 # --- a whole contraction along an opt_einsum path ------------------------------------------
