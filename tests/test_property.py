@@ -536,3 +536,19 @@ def test_fixed_jacobian_through_a_diagonal_of_an_intermediate():
     d = ed.diff(src, wrt="A_pq")
     want = _fd_core(ed.parse(src), arrays, "A")
     np.testing.assert_allclose(d.evaluate(A=arrays["A"]), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.bool_, np.int64])
+@pytest.mark.parametrize("shapes", [False, True])
+def test_fixed_export_negates_integer_inputs_as_floats(dtype, shapes):
+    """A lone minus in exported code once negated in the input's own type: uint8 wrapped
+    (-1 → 255), bool raised. Exported code must give evaluate's (float) values."""
+    arrays = {"W": np.array([[1, 0], [1, 1]]).astype(dtype), "b": np.array([1, 0]).astype(dtype),
+              "x": np.array([1, 1]).astype(dtype)}
+    for src, wrt in [("y_i = b_i - W_ij x_j", "x_p"), ("z = sigmoid(-x_l)", "x_p")]:
+        d = ed.diff(src, wrt)
+        sub = {k: arrays[k] for k in d.inputs}
+        got = np.asarray(_exec_export(d, sub, shapes=shapes))
+        want = d.evaluate(**sub)
+        assert got.dtype.kind == "f"
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -271,7 +271,8 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
         pieces.append((value, groups, full, sign, fresh))
     if len(pieces) == 1 and pieces[0][1] is None and pieces[0][2]:
         value, _, _, sign, _ = pieces[0]
-        lines.append(f"{tgt} = {value}" if sign > 0 else f"{tgt} = -({value})")
+        # -1.0 * (...): a float result even for integer or boolean inputs, as evaluate gives
+        lines.append(f"{tgt} = {value}" if sign > 0 else f"{tgt} = -1.0 * ({value})")
         return False
     dtype_line = {"numpy": "dtype = np.result_type(" + ", ".join([names[i] for i in plan.inputs] + ["1.0"]) + ")",
                   "torch": f"dtype = {names[plan.inputs[0]]}.dtype if {names[plan.inputs[0]]}.is_floating_point() else torch.float64" if plan.inputs else "dtype = torch.float64",
@@ -312,7 +313,7 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
         else:
             used_diag = True
             if target == "jax":
-                lines.append(f"{tgt} = _add_diagonal({tgt}, {value if sign > 0 else '-(' + value + ')'}, {groups!r})")
+                lines.append(f"{tgt} = _add_diagonal({tgt}, {value if sign > 0 else '-1.0 * (' + value + ')'}, {groups!r})")
             else:
                 lines.append(f"{_diagonal_view(tgt, groups, len(order), target)}[...] {op}= {value}")
     return used_diag
