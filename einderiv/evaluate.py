@@ -15,6 +15,7 @@ import operator
 import os
 import string
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import opt_einsum as oe
@@ -22,6 +23,7 @@ import opt_einsum as oe
 from .errors import EinderivError, IndexSizeError
 from .functions import backend_function
 from .ir import Delta, Expr, Func, Power, Size, Tensor, rename_expr, term_indices
+from .kernels import compile_contraction, compile_gram, smallest_operand
 from .simplify import const_value
 
 __all__ = ["lower", "Plan", "compile_plan", "set_memory_limit", "memory_limit", "ExprStep"]
@@ -38,6 +40,19 @@ class EinsumTerm:
     sizes: tuple             # dimensions whose size multiplies the term
     operands: list           # [(ref, indices)]
     deltas: list             # [(a, b)] free deltas: write into the diagonal a == b
+
+
+class _TermPlan(NamedTuple):
+    """One term of an ExprStep bound to shapes (what the runners unpack)."""
+    coeff: float             # what is left to multiply by (sizes folded in)
+    refs: tuple              # operand references in the environment
+    fn: object               # the contraction callable, None for a constant
+    deltas: list             # δ pairs: the term goes into a diagonal view
+    expand: tuple            # index that broadcasts the value over missing view axes
+    full: bool               # the value has every view axis (no broadcasting)
+    fresh: bool              # fn returns a new array (two or more operands)
+    groups: object           # output axes of each δ class (None without δ)
+    call: object             # env -> fn(operands)
 
 
 @dataclass
@@ -496,7 +511,6 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
             subs = _subscripts(operands, kept)
             op_shapes = [shapes[ref] for ref, _ in operands]
             if backend == "numpy" and len(operands) >= 2:
-                from .kernels import compile_gram
                 fn = compile_gram(subs, op_shapes, refs, coeff)
                 if fn is not None:
                     coeff = 1.0          # the Gram kernel applies it (inside the square root)
@@ -504,17 +518,17 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
                 fn = _contraction(subs, op_shapes, operands, kept, backend, check_bytes)
         if fn is not None and coeff != 1.0 and len(operands) >= 2:
             # scale the smallest operand instead of the (larger) result: one pass saved
-            sizes_of = [math.prod(shapes[ref]) for ref in refs]
-            k = min(range(len(refs)), key=sizes_of.__getitem__)
-            result_size = math.prod(dim_size[step.dims[order.index(i)]] for i in kept) if kept else 1
-            if sizes_of[k] < result_size:
+            k = smallest_operand([shapes[ref] for ref in refs],
+                                 math.prod(dim_size[step.dims[order.index(i)]] for i in kept))
+            if k is not None:
                 fn = _scaled(fn, k, coeff)
                 coeff = 1.0
-        plans.append((coeff, refs, fn, term.deltas, expand, len(kept) == len(view_axes),
-                      len(operands) >= 2, groups, _bind(fn, refs) if fn is not None else None))
+        plans.append(_TermPlan(coeff, refs, fn, term.deltas, expand, len(kept) == len(view_axes),
+                               len(operands) >= 2, groups,
+                               _bind(fn, refs) if fn is not None else None))
 
     # fast path: one term, no δ, nothing broadcast: the einsum result is the value
-    if len(plans) == 1 and not plans[0][3] and plans[0][5] and plans[0][2] is not None:
+    if len(plans) == 1 and not plans[0].deltas and plans[0].full and plans[0].fn is not None:
         coeff, refs, fn, _, _, _, fresh, _, call = plans[0]
         if coeff == 1.0:
             def run(env):
@@ -589,20 +603,27 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
     constants folded into one number, the first full term starting the output (in place
     when its einsum result is fresh), two full terms combined by one add, δ terms added
     through diagonal views."""
-    const = sum(p[0] for p in plans if p[2] is None and not p[3])
-    terms = [p for p in plans if not (p[2] is None and not p[3])]
-    writers = {tuple(p[3]): _diagonal_writer(order, p[3], out_shape, dtype) for p in terms if p[3]}
-    writes_out = {p[2] for p in terms if getattr(p[2], "writes", False)}
-    terms.sort(key=lambda p: not (p[5] and not p[3] and p[2] is not None))
-    starts = bool(terms) and terms[0][5] and not terms[0][3] and terms[0][2] is not None
-    pairable = (starts and len(terms) >= 2 and terms[1][5] and not terms[1][3]
-                and terms[1][2] is not None and terms[0][0] == 1.0 and terms[1][0] in (1.0, -1.0))
-    if (starts and not pairable and not const and terms[0][0] == 1.0 and terms[0][6]
-            and all(not p[3] and p[2] is not None and p[0] in (1.0, -1.0) for p in terms[1:])):
+    const = sum(p.coeff for p in plans if p.fn is None and not p.deltas)
+    terms = [p for p in plans if not (p.fn is None and not p.deltas)]
+    writers = {tuple(p.deltas): _diagonal_writer(order, p.deltas, out_shape, dtype)
+               for p in terms if p.deltas}
+    writes_out = {p.fn for p in terms if getattr(p.fn, "writes", False)}
+
+    def whole(p):
+        """A term that can start the output: full, no δ, an einsum."""
+        return p.full and not p.deltas and p.fn is not None
+
+    terms.sort(key=lambda p: not whole(p))
+    starts = bool(terms) and whole(terms[0])
+    pairable = (starts and len(terms) >= 2 and whole(terms[1])
+                and terms[0].coeff == 1.0 and terms[1].coeff in (1.0, -1.0))
+    if (starts and not pairable and not const and terms[0].coeff == 1.0 and terms[0].fresh
+            and all(not p.deltas and p.fn is not None and p.coeff in (1.0, -1.0)
+                    for p in terms[1:])):
         # the common shape of a statement with biases, y = W·x + b: a fresh product, then
         # broadcast additions in place (no zeros, no branching per call)
-        first = terms[0][8]
-        adds = [(p[8], None if p[5] else p[4], p[0] > 0) for p in terms[1:]]
+        first = terms[0].call
+        adds = [(p.call, None if p.full else p.expand, p.coeff > 0) for p in terms[1:]]
 
         def run(env):
             out = first(env)
@@ -623,9 +644,9 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
         out = None
         if pairable:
             first, second = terms[0], terms[1]
-            a = first[8](env)
-            b = second[8](env)
-            out = np.add(a, b, dtype=dtype) if second[0] == 1.0 else np.subtract(a, b, dtype=dtype)
+            a = first.call(env)
+            b = second.call(env)
+            out = np.add(a, b, dtype=dtype) if second.coeff == 1.0 else np.subtract(a, b, dtype=dtype)
             if type(out) is not np.ndarray:
                 out = np.asarray(out)
             rest = terms[2:]
@@ -784,7 +805,6 @@ def _contraction(subs, op_shapes, operands, kept, backend, check_bytes):
     if info.largest_intermediate:
         check_bytes("an einsum intermediate", (info.largest_intermediate,))
     if backend == "numpy":
-        from .kernels import compile_contraction
         fast = compile_contraction(subs, op_shapes, path)
         if fast is not None:
             return fast

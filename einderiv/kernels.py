@@ -17,9 +17,17 @@ import numpy as np
 import opt_einsum as oe
 
 __all__ = ["compile_contraction", "contraction_source", "compile_gram", "gram_source",
-           "gram", "GRAM_HELPER"]
+           "gram", "GRAM_HELPER", "smallest_operand"]
 
 OUTER_BY_BLAS = 4096     # outer products with at least this many entries go through np.dot
+
+
+def smallest_operand(shapes, result_size):
+    """Which operand a coefficient should scale instead of the (larger) result: the index of
+    the smallest operand, or None when none is smaller than the result."""
+    sizes = [math.prod(shape) for shape in shapes]
+    k = min(range(len(sizes)), key=sizes.__getitem__)
+    return k if sizes[k] < result_size else None
 
 
 # --- views: (callable, source template) pairs ------------------------------------------------
@@ -366,18 +374,14 @@ def _gram_spec(subs: str, shapes: list, refs: tuple):
         return None
     free_shape = tuple(shape[k] for k in free)
     result = f1 + f2
-    perm_out = tuple(result.index(c) for c in out)
-    square = free_shape + free_shape
-    summed_shape = tuple(shape[k] for k in shared)
     return {
         "r": a,
         "r_view": _view(tuple(shared + free), (n_summed, n_free), shape),
         "weights": [(k, _aligned(parts[k], shapes[k], summed)) for k in weights],
         "covered": any(set(parts[k]) == set(summed) for k in weights),
-        "summed_shape": summed_shape, "column": (n_summed, 1),
-        "out_view": _view(perm_out, tuple(square[k] for k in perm_out), square)
-        if (n_free,) * 2 == square else None,
-        "square": square, "perm_out": perm_out,
+        "summed_shape": tuple(shape[k] for k in shared), "column": (n_summed, 1),
+        "square": free_shape + free_shape,
+        "perm_out": tuple(result.index(c) for c in out),
     }
 
 
@@ -391,9 +395,9 @@ def _aligned(sub: str, shape, target: str):
 
 def _gram_back(spec):
     """The (n_free × n_free) Gram matrix in the output's axes: (callable, template)."""
-    if spec["out_view"] is not None:
-        return spec["out_view"]
     square, perm_out = spec["square"], spec["perm_out"]
+    if len(square) == 2:
+        return _view(perm_out, tuple(square[k] for k in perm_out), square)
     return (lambda g: g.reshape(square).transpose(perm_out),
             "{}.reshape(%r).transpose(%r)" % (square, perm_out))
 
@@ -451,11 +455,3 @@ def gram_source(subs: str, shapes: list, refs: tuple, coeff: float, operands: li
     else:
         w = f"np.broadcast_to({w}, {spec['summed_shape']!r}).reshape({spec['column']!r})"
     return back.format(f"_gram({r}, {w})")
-
-
-def _check(subs, shapes, seed=0):  # pragma: no cover - a debugging aid
-    rng = np.random.default_rng(seed)
-    ops = [rng.normal(size=s) for s in shapes]
-    path, _ = oe.contract_path(subs, *shapes, shapes=True)
-    fn = compile_contraction(subs, shapes, path)
-    return np.abs(fn(*ops) - np.einsum(subs, *ops)).max()

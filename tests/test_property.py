@@ -474,22 +474,20 @@ def test_fixed_merged_terms_capture_summation_indices():
     np.testing.assert_allclose(d.evaluate(B=b, x=x), want, rtol=1e-12)
 
 
-def test_fixed_merged_terms_capture_indices_of_different_sizes():
-    src = "h = softplus(2 A_nn + A_jj) B_kkn; L = h h + h"
-    rng = np.random.default_rng(1)
-    arrays = {"A": rng.uniform(0.5, 1.5, (2, 2)), "B": rng.uniform(0.5, 1.5, (3, 3, 2))}
+@pytest.mark.parametrize("src, shapes, seed, atol", [
+    # merged terms captured indices of different sizes
+    ("h = softplus(2 A_nn + A_jj) B_kkn; L = h h + h", {"A": (2, 2), "B": (3, 3, 2)}, 1, 0.0),
+    # a five-factor product with two contractions
+    ("L = A_vl A_jl B_jli A_uk B_unn", {"A": (3, 2), "B": (3, 2, 2)}, 2, 0.0),
+    # a Jacobian through a diagonal of an intermediate
+    ("h_njim = A_nu (A_jk + A_jk A_{i,k}) A_mk\nL_i = h_jijj / A_{j,v}", {"A": (2, 2)}, 3, 1e-6),
+], ids=["merged-terms-of-different-sizes", "five-factor-product", "diagonal-of-an-intermediate"])
+def test_fixed_jacobians_against_finite_differences(src, shapes, seed, atol):
+    rng = np.random.default_rng(seed)
+    arrays = {name: rng.uniform(0.5, 1.5, shape) for name, shape in shapes.items()}
     d = ed.diff(src, wrt="A_pq")
     want = _fd_core(ed.parse(src), arrays, "A")
-    np.testing.assert_allclose(d.evaluate(**_core_args(d, arrays)), want, rtol=1e-6)
-
-
-def test_fixed_five_factor_product_with_two_contractions():
-    src = "L = A_vl A_jl B_jli A_uk B_unn"
-    rng = np.random.default_rng(2)
-    arrays = {"A": rng.uniform(0.5, 1.5, (3, 2)), "B": rng.uniform(0.5, 1.5, (3, 2, 2))}
-    d = ed.diff(src, wrt="A_pq")
-    want = _fd_core(ed.parse(src), arrays, "A")
-    np.testing.assert_allclose(d.evaluate(**_core_args(d, arrays)), want, rtol=1e-6)
+    np.testing.assert_allclose(d.evaluate(**_core_args(d, arrays)), want, rtol=1e-6, atol=atol)
 
 
 def test_fixed_text_form_ties_dummies_across_terms():
@@ -527,15 +525,6 @@ def test_fixed_export_with_a_constant_intermediate():
     exec(compile(d.to_source("numpy"), "<export>", "exec"), ns)
     np.testing.assert_allclose(ns["derivative"](a), d.evaluate(A=a))
     np.testing.assert_allclose(d.evaluate(A=a), [4.0, 4.0, 4.0])
-
-
-def test_fixed_jacobian_through_a_diagonal_of_an_intermediate():
-    src = "h_njim = A_nu (A_jk + A_jk A_{i,k}) A_mk\nL_i = h_jijj / A_{j,v}"
-    rng = np.random.default_rng(3)
-    arrays = {"A": rng.uniform(0.5, 1.5, (2, 2))}
-    d = ed.diff(src, wrt="A_pq")
-    want = _fd_core(ed.parse(src), arrays, "A")
-    np.testing.assert_allclose(d.evaluate(A=arrays["A"]), want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.bool_, np.int64])

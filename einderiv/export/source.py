@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import keyword
 import math
+from typing import NamedTuple
 
 import opt_einsum as oe
 
 from ..errors import EinderivError
 from ..evaluate import _LETTERS, ExprStep, FuncStep, PowerStep, _subscripts, delta_classes
 from ..functions import FUNCTIONS
-from ..kernels import GRAM_HELPER, contraction_source, gram_source
+from ..kernels import GRAM_HELPER, contraction_source, gram_source, smallest_operand
 
 __all__ = ["generate"]
 
@@ -113,7 +114,6 @@ def generate(program, target: str, name: str, shapes=None) -> str:
 
     lines = []
     helpers = set()
-    uses_diag = False
     temp_count = 0
     for step in plan.steps:
         if step.target not in names:
@@ -134,8 +134,7 @@ def generate(program, target: str, name: str, shapes=None) -> str:
             else:
                 lines.append(f"{tgt} = {src} ** {step.exponent!r}")
         elif isinstance(step, ExprStep):
-            used = _expr_lines(step, tgt, names, plan, program, target, dim_size, lines, helpers)
-            uses_diag |= used
+            _expr_lines(step, tgt, names, plan, program, target, dim_size, lines, helpers)
     outs = list(plan.outputs.items())
     if len(outs) == 1:
         lines.append(f"return {names[outs[0][1][0]]}")
@@ -148,7 +147,7 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     doc = _docstring(program, plan, names)
     body = "\n".join("    " + line for line in lines)
     head = _HEADER[target]
-    extra = _DIAG.get(target, "") if uses_diag else ""
+    extra = _DIAG[target] if "diagonal" in helpers else ""
     if "gram" in helpers:
         extra = "\n\n" + GRAM_HELPER + extra
     if target == "numpy" and dim_size is None and "_contract(" in body:
@@ -195,13 +194,23 @@ def _contract_call(subs, operands, target, dim_size, shapes_of):
     return f"jnp.einsum({subs!r}, {args})"
 
 
-def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lines, helpers) -> bool:
+class _Piece(NamedTuple):
+    """One term of a sum, as source."""
+    value: str               # the expression
+    groups: object           # output axes of each δ class (None without δ)
+    full: bool               # the value has every output axis
+    sign: int                # -1 where a lone minus became "-=" / np.negative
+    fresh: bool              # the expression builds a new array (safe to update in place)
+
+
+def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lines, helpers):
+    """Append the lines computing ``step`` into ``tgt``; ``helpers`` collects the helper
+    functions the module will need ("gram", "diagonal")."""
     order = step.order
     shape = "(" + ", ".join(_shape_expr(d, names, plan.input_dims, program) for d in step.dims) + ("," if len(step.dims) == 1 else "") + ")"
     zeros = {"numpy": f"np.zeros({shape}, dtype=dtype)",
              "torch": f"torch.zeros({shape}, dtype=dtype)",
              "jax": f"jnp.zeros({shape}, dtype=dtype)"}[target]
-    used_diag = False
     pieces = []
     for term in step.terms:
         coeff = term.coeff
@@ -221,28 +230,23 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
             shapes_of = None
             if dim_size is not None:
                 shapes_of = [tuple(dim_size[d] for d in _dims_of(ref, plan, program)) for ref, _ in operands]
+            args = [names[r] for r, _ in operands]
             value = None
             if target == "numpy" and dim_size is not None and len(operands) >= 2:
-                # Xᵀ diag(w) X as one symmetric product, as evaluate does; the coefficient and
-                # the sizes go inside (the shapes are fixed anyway)
+                # as evaluate does, with the shapes fixed: Xᵀ diag(w) X as one symmetric
+                # product, or the coefficient (sizes included) on the smallest operand
                 total = coeff * math.prod(dim_size[d] for d in term.sizes)
-                value = gram_source(subs, shapes_of, tuple(r for r, _ in operands), total,
-                                    [names[r] for r, _ in operands])
+                value = gram_source(subs, shapes_of, tuple(r for r, _ in operands), total, args)
                 if value is not None:
                     factor_text, sign = [], 1
                     helpers.add("gram")
-            if value is None:
-                args = [names[r] for r, _ in operands]
-                if target == "numpy" and dim_size is not None and len(operands) >= 2 and coeff != 1.0:
-                    # as evaluate does: the coefficient scales the smallest operand, not the
-                    # (larger) result
-                    total = coeff * math.prod(dim_size[d] for d in term.sizes)
-                    sizes_of = [math.prod(shp) for shp in shapes_of]
-                    k = min(range(len(args)), key=sizes_of.__getitem__)
-                    result_size = math.prod(dim_size[step.dims[order.index(i)]] for i in kept)
-                    if sizes_of[k] < result_size:
+                elif total != 1.0:
+                    k = smallest_operand(shapes_of, math.prod(dim_size[step.dims[order.index(i)]]
+                                                              for i in kept))
+                    if k is not None:
                         args[k] = f"({total!r} * {args[k]})"
                         factor_text, sign = [], 1
+            if value is None:
                 value = _contract_call(subs, args, target, dim_size, shapes_of)
             if len(operands) == 1 and len(set(subs.split("->")[0])) == len(subs.split("->")[0]) and sorted(subs.split("->")[0]) == sorted(subs.split("->")[1]):
                 ins, outs = subs.split("->")
@@ -268,29 +272,29 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
         full = len(kept) == len(view_axes) and bool(operands)
         # a product or a scaled value is a new array; a lone operand (maybe transposed) is not
         fresh = full and (len(operands) >= 2 or bool(factor_text))
-        pieces.append((value, groups, full, sign, fresh))
-    if len(pieces) == 1 and pieces[0][1] is None and pieces[0][2]:
-        value, _, _, sign, _ = pieces[0]
+        pieces.append(_Piece(value, groups, full, sign, fresh))
+    if len(pieces) == 1 and pieces[0].groups is None and pieces[0].full:
+        value, sign = pieces[0].value, pieces[0].sign
         # -1.0 * (...): a float result even for integer or boolean inputs, as evaluate gives
         lines.append(f"{tgt} = {value}" if sign > 0 else f"{tgt} = -1.0 * ({value})")
-        return False
+        return
     dtype_line = {"numpy": "dtype = np.result_type(" + ", ".join([names[i] for i in plan.inputs] + ["1.0"]) + ")",
                   "torch": f"dtype = {names[plan.inputs[0]]}.dtype if {names[plan.inputs[0]]}.is_floating_point() else torch.float64" if plan.inputs else "dtype = torch.float64",
                   "jax": "dtype = jnp.result_type(" + ", ".join([names[i] for i in plan.inputs] + ["1.0"]) + ")"}[target]
     if "dtype = " not in "\n".join(lines):
         lines.insert(0, dtype_line)
-    if (target == "numpy" and len(pieces) == 2 and all(p[1] is None and p[2] for p in pieces)
-            and pieces[0][3] > 0):
+    if (target == "numpy" and len(pieces) == 2 and all(p.groups is None and p.full for p in pieces)
+            and pieces[0].sign > 0):
         # a + b or a - b in one pass
-        (a, _, _, _, _), (b, _, _, sign, _) = pieces
-        ufunc = "np.add" if sign > 0 else "np.subtract"
-        lines.append(f"{tgt} = {ufunc}({a}, {b}, dtype=dtype)")
-        return False
+        a, b = pieces
+        ufunc = "np.add" if b.sign > 0 else "np.subtract"
+        lines.append(f"{tgt} = {ufunc}({a.value}, {b.value}, dtype=dtype)")
+        return
     start = None
     if target == "numpy":
         # the output starts from a full term (a new array is used as it is) instead of zeros
-        start = next((k for k, p in enumerate(pieces) if p[1] is None and p[2] and p[4]),
-                     next((k for k, p in enumerate(pieces) if p[1] is None and p[2]), None))
+        start = next((k for k, p in enumerate(pieces) if p.groups is None and p.full and p.fresh),
+                     next((k for k, p in enumerate(pieces) if p.groups is None and p.full), None))
     if start is None:
         lines.append(f"{tgt} = {zeros}")
     else:
@@ -301,7 +305,7 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
             lines.append(f"{tgt} = np.asarray({value}, dtype=dtype)")
         else:
             lines.append(f"{tgt} = np.array({value}, dtype=dtype)")
-    for k, (value, groups, full, sign, _) in enumerate(pieces):
+    for k, (value, groups, _, sign, _) in enumerate(pieces):
         if k == start:
             continue
         op = "+" if sign > 0 else "-"
@@ -311,12 +315,12 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
             else:
                 lines.append(f"{tgt} {op}= {value}")
         else:
-            used_diag = True
+            if target != "numpy":
+                helpers.add("diagonal")
             if target == "jax":
                 lines.append(f"{tgt} = _add_diagonal({tgt}, {value if sign > 0 else '-1.0 * (' + value + ')'}, {groups!r})")
             else:
                 lines.append(f"{_diagonal_view(tgt, groups, len(order), target)}[...] {op}= {value}")
-    return used_diag
 
 
 def _diagonal_view(tgt, groups, ndim, target):
