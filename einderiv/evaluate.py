@@ -135,8 +135,9 @@ class _Lowering:
                 # the statement's axes are `indices`; record how canonical axes map onto them
                 self.cache.setdefault(key, (name, tuple(indices), order))
 
-    def operand(self, factor):
-        """(ref, index names per axis) for a Func or Power factor, computed once."""
+    def operand(self, factor, prefer=None):
+        """(ref, index names per axis) for a Func or Power factor, computed once; a new
+        temporary takes the axis order ``prefer`` where one is given (its consumer's)."""
         key, order = _canonical(factor_indices_of(factor), factor)
         hit = self.cache.get(key)
         if hit is not None:
@@ -144,12 +145,12 @@ class _Lowering:
             rename = dict(zip(canon_order, order))
             return ref, tuple(rename[a] for a in axes)
         if isinstance(factor, Func):
-            src, src_axes = self.expr_value(factor.arg)
+            src, src_axes = self.expr_value(factor.arg, prefer=prefer)
             target = self.temp()
             self.plan.steps.append(FuncStep(target, factor.name, src))
             result = (target, src_axes)
         else:
-            src, src_axes = self.expr_value(factor.base)
+            src, src_axes = self.expr_value(factor.base, prefer=prefer)
             n = const_value(factor.exponent)
             if n is None:
                 exp_ref, _ = self.expr_value(factor.exponent)
@@ -168,14 +169,19 @@ class _Lowering:
                            tuple(f"#{k}" for k in range(len(order))))
         return result
 
-    def expr_value(self, e: Expr, order=None, target=None):
-        """A reference holding ``e``; returns (ref, axes). A lone factor is reused as is."""
+    def expr_value(self, e: Expr, order=None, target=None, prefer=None):
+        """A reference holding ``e``; returns (ref, axes). A lone factor is reused as is.
+
+        ``order`` fixes the axes (a statement's); otherwise a new temporary takes ``prefer``
+        (its consumer's order), else the order of an operand with all of its indices, so
+        that elementwise steps and their consumers see the same memory layout.
+        """
         if order is None and len(e.terms) == 1 and e.terms[0].coeff == 1:
             t = e.terms[0]
             if len(t.factors) == 1 and set(term_indices(t)) == set(e.indices):
                 f = t.factors[0]
                 if isinstance(f, (Func, Power)):
-                    return self.operand(f)
+                    return self.operand(f, prefer)
                 if isinstance(f, Tensor) and len(set(f.indices)) == len(f.indices):
                     return f.name, f.indices
         key = None
@@ -188,7 +194,7 @@ class _Lowering:
                 ref, axes, hit_order = hit
                 back = dict(zip(hit_order, canon_order))
                 return ref, tuple(back[a] for a in axes)
-        order = tuple(e.indices) if order is None else tuple(order)
+        want = order if order is not None else prefer
         dims = e.dim_map
         terms = []
         for t in e.terms:
@@ -201,8 +207,11 @@ class _Lowering:
                 elif isinstance(f, Size):
                     sizes.append(f.dim)
                 else:
-                    operands.append(self.operand(f))
+                    operands.append(self.operand(f, _restricted(want, factor_indices_of(f))))
             terms.append(EinsumTerm(float(t.coeff), tuple(sizes), operands, deltas))
+        if order is None:
+            order = _layout(e.indices, prefer, [idx for term in terms for _, idx in term.operands])
+        order = tuple(order)
         target = target or self.temp()
         self.plan.steps.append(ExprStep(target, order, tuple(dims[i] for i in order), terms))
         if key is not None:
@@ -210,6 +219,23 @@ class _Lowering:
             self.cache[key] = (target, tuple(position[i] for i in order),
                                tuple(f"#{k}" for k in range(len(canon_order))))
         return target, order
+
+
+def _restricted(order, indices):
+    """``order`` cut down to ``indices`` when it holds all of them, else None."""
+    if order is None or not set(indices) <= set(order):
+        return None
+    return tuple(i for i in order if i in indices)
+
+
+def _layout(indices, prefer, operand_axes):
+    """The axis order of a new temporary over ``indices``: ``prefer`` when it is one, else
+    the axes of the first operand that carries every index once, else ``indices``."""
+    wanted = set(indices)
+    for axes in ([prefer] if prefer is not None else []) + list(operand_axes):
+        if len(axes) == len(wanted) and set(axes) == wanted:
+            return tuple(axes)
+    return tuple(indices)
 
 
 def factor_indices_of(f):
@@ -516,16 +542,21 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
                     coeff = 1.0          # the Gram kernel applies it (inside the square root)
             if fn is None:
                 fn = _contraction(subs, op_shapes, operands, kept, backend, check_bytes)
-        if fn is not None and coeff != 1.0 and len(operands) >= 2:
-            # scale the smallest operand instead of the (larger) result: one pass saved
-            k = smallest_operand([shapes[ref] for ref in refs],
-                                 math.prod(dim_size[step.dims[order.index(i)]] for i in kept))
-            if k is not None:
-                fn = _scaled(fn, k, coeff)
-                coeff = 1.0
+        call = None
+        if fn is not None:
+            scale = None
+            if coeff != 1.0 and len(operands) >= 2:
+                # scale the smallest operand instead of the (larger) result: one pass saved
+                k = smallest_operand([shapes[ref] for ref in refs],
+                                     math.prod(dim_size[step.dims[order.index(i)]] for i in kept))
+                if k is not None:
+                    scale = (k, coeff)
+                    coeff = 1.0
+            call = _bind(fn, refs, scale)
+            if scale is not None:
+                fn = _scaled(fn, *scale)
         plans.append(_TermPlan(coeff, refs, fn, term.deltas, expand, len(kept) == len(view_axes),
-                               len(operands) >= 2, groups,
-                               _bind(fn, refs) if fn is not None else None))
+                               len(operands) >= 2, groups, call))
 
     # fast path: one term, no δ, nothing broadcast: the einsum result is the value
     if len(plans) == 1 and not plans[0].deltas and plans[0].full and plans[0].fn is not None:
@@ -577,8 +608,20 @@ def _compile_expr(step: ExprStep, shapes, dim_size, dtype, backend, check_bytes)
     return run
 
 
-def _bind(fn, refs):
-    """``env -> fn(env[ref], ...)``, without building an argument list per call."""
+def _bind(fn, refs, scale=None):
+    """``env -> fn(env[ref], ...)``, without building an argument list per call; ``scale =
+    (k, c)`` multiplies operand k by c first. A multi-step contraction is bound as its tree
+    of closures (``fn.tree``), with the operands looked up where they are used."""
+    tree = getattr(fn, "tree", None)
+    if tree is not None:
+        leaves = [operator.itemgetter(ref) for ref in refs]
+        if scale is not None:
+            k, c = scale
+            ref = refs[k]
+            leaves[k] = lambda env: env[ref] * c
+        return tree(leaves)
+    if scale is not None:
+        fn = _scaled(fn, *scale)
     if len(refs) == 1:
         r0, = refs
         return lambda env: fn(env[r0])
@@ -613,7 +656,7 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
         """A term that can start the output: full, no δ, an einsum."""
         return p.full and not p.deltas and p.fn is not None
 
-    terms.sort(key=lambda p: not whole(p))
+    terms.sort(key=lambda p: (not whole(p), p.coeff != 1.0))   # a + b − c, not −c + a + b
     starts = bool(terms) and whole(terms[0])
     pairable = (starts and len(terms) >= 2 and whole(terms[1])
                 and terms[0].coeff == 1.0 and terms[1].coeff in (1.0, -1.0))
@@ -636,6 +679,27 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
                 else:
                     out -= value
             env[target] = out
+        return run
+
+    if out_shape and pairable and len(terms) == 2 and not const:
+        # a + b or a - b of two whole terms: one ufunc call
+        first, second = terms[0].call, terms[1].call
+        op = np.add if terms[1].coeff == 1.0 else np.subtract
+
+        def run(env):
+            env[target] = op(first(env), second(env), dtype=dtype)
+        return run
+
+    if (out_shape and const and len(terms) == 1 and whole(terms[0])
+            and terms[0].coeff in (1.0, -1.0)):
+        # c + a or c - a (1 - tanh², the derivative of tanh): one ufunc call
+        only, c = terms[0].call, const
+        if terms[0].coeff == 1.0:
+            def run(env):
+                env[target] = np.add(only(env), c, dtype=dtype)
+        else:
+            def run(env):
+                env[target] = np.subtract(c, only(env), dtype=dtype)
         return run
 
     def run(env):

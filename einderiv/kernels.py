@@ -178,15 +178,25 @@ def _pair(sa: str, sb: str, so: str, shape_a, shape_b):
 
 def _around(op, prep_a, prep_b, post):
     """``post(op(prep_a(a), prep_b(b)))`` with the identity views left out (a bare
-    ``np.matmul`` where nothing needs a transpose or a reshape)."""
-    if prep_a is _same and prep_b is _same:
-        return op if post is _same else (lambda a, b: post(op(a, b)))
+    ``np.matmul`` where nothing needs a transpose or a reshape) and plain transposes
+    written inline (``.T`` costs less than a call)."""
     if post is _same:
         if prep_a is _same:
+            if prep_b is _same:
+                return op
+            if prep_b is _transposed:
+                return lambda a, b: op(a, b.T)
             return lambda a, b: op(a, prep_b(b))
+        if prep_a is _transposed:
+            if prep_b is _same:
+                return lambda a, b: op(a.T, b)
+            if prep_b is _transposed:
+                return lambda a, b: op(a.T, b.T)
         if prep_b is _same:
             return lambda a, b: op(prep_a(a), b)
         return lambda a, b: op(prep_a(a), prep_b(b))
+    if prep_a is _same and prep_b is _same:
+        return lambda a, b: post(op(a, b))
     return lambda a, b: post(op(prep_a(a), prep_b(b)))
 
 
@@ -286,7 +296,37 @@ def compile_contraction(subs: str, shapes: list, path):
         return result
 
     run.writes = True
+    run.tree = lambda leaves: _tree(steps, finish, leaves)
     return run
+
+
+def _apply1(f, node):
+    return lambda env: f(node(env))
+
+
+def _apply2(kernel, a, b):
+    return lambda env: kernel(a(env), b(env))
+
+
+def _tree(steps, finish, leaves):
+    """The contraction as nested closures over ``leaves`` (one callable per operand, e.g. a
+    lookup in an environment): the operand list of ``compile_contraction`` is resolved now,
+    so a call is one closure per step and nothing else."""
+    nodes = list(leaves)
+    for kind, where, fns in steps:
+        if kind == "one":
+            nodes.append(_apply1(fns[0], nodes.pop(where)))
+            continue
+        k1, k2 = where
+        a, b = nodes.pop(k1), nodes.pop(k2)
+        op1, op2, kernel, _ = fns
+        if op1 is not None:
+            a = _apply1(op1[0], a)
+        if op2 is not None:
+            b = _apply1(op2[0], b)
+        nodes.append(_apply2(kernel, a, b))
+    result, = nodes
+    return result if finish is None else _apply1(finish[0], result)
 
 
 def contraction_source(subs: str, shapes: list, path, operands: list) -> str:

@@ -226,3 +226,57 @@ def test_delta_terms_written_straight_into_the_output(src, wrt, dtype):
         want = a["A"] + a["A"].T + 2 * np.eye(4)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_temporaries_take_their_consumers_axis_order():
+    """tanh(W1·xᵀ + b1) is built in h's axis order (n, i) and (y - t) in t's, so no step
+    transposes a temporary (a transposed operand makes every later elementwise pass strided)."""
+    p = ed.diff("h_ni = tanh(sum_j(W1_ij x_nj) + b1_i); y_nk = sum_i(W2_ki h_ni) + b2_k; "
+                "L = (y_nk - t_nk)^2", wrt="W1_pq")
+    for term in p.einsum():
+        ins, out = term.subscripts.split("->")
+        if len(term.operands) == 1 and term.operands[0].startswith("%"):
+            assert ins == out, term
+    r = np.random.default_rng(0)
+    W1, x, b1 = r.normal(size=(6, 3)), r.normal(size=(5, 3)), r.normal(size=6)
+    W2, b2, t = r.normal(size=(2, 6)), r.normal(size=2), r.normal(size=(5, 2))
+    h = np.tanh(x @ W1.T + b1)
+    want = (((h @ W2.T + b2 - t) * 2) @ W2 * (1 - h * h)).T @ x
+    got = p.evaluate(W1=W1, x=x, b1=b1, W2=W2, b2=b2, t=t)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("src, want", [
+    ("Y_ij = A_ij - B_ij", lambda A, B: A - B),
+    ("Y_ij = -A_ij + B_ij", lambda A, B: B - A),
+    ("Y_ij = A_ij + B_ji", lambda A, B: A + B.T),
+    ("Y_ij = 1 - A_ij", lambda A, B: 1 - A),
+    ("Y_ij = 2 + A_ij", lambda A, B: 2 + A),
+    ("Y_ij = -A_ij - B_ij + 3", lambda A, B: 3 - A - B),
+])
+@pytest.mark.parametrize("dtype", [np.int64, np.float32, np.float64])
+def test_sums_of_whole_terms(src, want, dtype):
+    """The one-ufunc runners for a ± b and c ± a: values and result dtypes (integers are
+    promoted to float64, float32 is kept), twice through the cached plan."""
+    p = ed.parse(src)
+    A = np.arange(12).reshape(3, 4).astype(dtype)
+    B = (np.arange(12).reshape(3, 4) * 3 - 7).astype(dtype)
+    if "B_ji" in src:
+        B = (np.arange(12).reshape(4, 3) * 3 - 7).astype(dtype)
+    kw = {k: v for k, v in {"A": A, "B": B}.items() if k in p.inputs}
+    expected = want(A.astype(np.float64), B.astype(np.float64))
+    for _ in range(2):
+        got = p.evaluate(**kw)
+        assert got.dtype == (np.float32 if dtype == np.float32 else np.float64)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_multistep_contraction_with_a_scaled_operand():
+    """Three operands along an opt_einsum path, bound as a tree of closures, the coefficient
+    on the smallest operand; equal to np.einsum."""
+    p = ed.parse("D_il = 2.5 A_ij B_jk C_kl")
+    r = np.random.default_rng(1)
+    A, B, C = r.normal(size=(30, 4)), r.normal(size=(4, 50)), r.normal(size=(50, 20))
+    want = 2.5 * np.einsum("ij,jk,kl->il", A, B, C)
+    for _ in range(2):
+        np.testing.assert_allclose(p.evaluate(A=A, B=B, C=C), want, rtol=1e-12)
