@@ -106,3 +106,9 @@ def test_errors_are_einderiv_errors(kwargs):
 def test_syntax_error():
     with pytest.raises(ed.EinderivSyntaxError):
         ed.explain("C_ik = A_ij + * B_jk", wrt="A")
+
+
+def test_a_size_factor_has_a_matrix_form():
+    text = ed.explain("y_i = sum_j(x_i)", wrt="x")
+    assert "∂y/∂x = n_j I   (numerator layout" in text
+    assert "bug" not in text
