@@ -338,8 +338,10 @@ def _all_index_names(analysis) -> set:
     return names
 
 
-def _check_depends(depends, analysis):
-    """``{"A": "X"}``: input A is an unknown function of X, whose Jacobian input is ``dAdX``."""
+def _check_depends(depends, analysis, inherited=None):
+    """``{"A": "X"}``: input A is an unknown function of X, whose Jacobian input is ``dAdX``
+    (``inherited``: those a Derivative given to diff already has)."""
+    inherited = inherited or {}
     if depends is None:
         return {}
     if not isinstance(depends, dict):
@@ -349,13 +351,15 @@ def _check_depends(depends, analysis):
     for k, v in depends.items():
         if not (isinstance(k, str) and isinstance(v, str) and _IDENT.match(k) and _IDENT.match(v)):
             raise EinderivError(f"depends entries are tensor names, got {k!r}: {v!r}")
+        if inherited.get(k) == v:
+            continue
         if k not in analysis.inputs:
             raise EinderivError(f"depends names '{k}', which is not an input of the program "
                                 f"(inputs: {', '.join(analysis.inputs)})")
         if k == v:
             raise EinderivError(f"depends={{'{k}': '{v}'}} makes '{k}' a function of itself; "
                                 f"name the variable it depends on")
-        if f"d{k}d{v}" in names:
+        if f"d{k}d{v}" in names and inherited.get(f"d{k}d{v}") != v:
             raise EinderivError(f"the Jacobian of '{k}' with respect to '{v}' would be named "
                                 f"'d{k}d{v}', which the program already uses; rename one of them")
         out[k] = v
@@ -396,7 +400,8 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
     """
     analysis, source, default_of = _as_analysis(src, sizes)
     of, statements = _statement_map(analysis, of, default_of)
-    depends = _check_depends(depends, analysis)
+    inherited = dict(getattr(src, "_depends", {}))   # a Derivative's depends= and Jacobians
+    depends = {**inherited, **_check_depends(depends, analysis, inherited)}
     wrt_list = [wrt] if isinstance(wrt, str) else list(wrt) if isinstance(wrt, (list, tuple)) else None
     if not wrt_list:
         raise EinderivError("wrt= names the variable: 'A', 'A_pq', or a list for higher derivatives")
@@ -410,7 +415,7 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
     inputs = dict(analysis.inputs)
     members = {k: list(v) for k, v in analysis.members.items()}
     derived = dict(depends)            # tensor -> variable it depends on (Jacobians too)
-    program_names = set(analysis.inputs) | {st.name for st in analysis.statements}
+    program_names = (set(analysis.inputs) | {st.name for st in analysis.statements}) - set(inherited)
     wrt_names, wrt_user_idx, renames = [], [], {}
     used_user = set(out_idx)
     for entry, name, given in entries:
@@ -461,6 +466,7 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
                    layout=layout)
     d._analysis = analysis
     d._label_parts = parts
+    d._depends = {k: v for k, v in derived.items() if k in inputs}
     return d
 
 

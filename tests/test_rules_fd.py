@@ -919,6 +919,20 @@ def test_vjp_and_differential_of_a_derivative():
                  what="diff(vjp)")
 
 
+def test_diff_of_a_depends_derivative_keeps_its_jacobians():
+    dep = {"A": "X", "B": "X"}
+    first = ed.diff("C_ik = A_ij B_jk", wrt="X_pq", depends=dep)
+    hessian = ed.diff("C_ik = A_ij B_jk", wrt=["X_pq", "X_rs"], depends=dep)
+    rng = np.random.default_rng(70)
+    shapes = {"A": (2, 3), "B": (3, 4), "dAdX": (2, 3, 2, 2), "dBdX": (3, 4, 2, 2),
+              "ddAdXdX": (2, 3, 2, 2, 2, 2), "ddBdXdX": (3, 4, 2, 2, 2, 2)}
+    arrays = {n: rng.normal(size=s) for n, s in shapes.items()}
+    for again in (None, dep):            # depends= repeated or not: the same
+        twice = ed.diff(first, wrt="X_rs", depends=again)
+        assert str(twice) == str(hessian) and set(twice.inputs) == set(shapes)
+        assert_close(evaluate(twice, arrays), evaluate(hessian, arrays), rtol=1e-12, what="depends")
+
+
 def test_differential_of_a_differential_is_refused():
     with pytest.raises(ed.EinderivError, match="'x' and 'dx'.*wrt=\\["):
         ed.differential(ed.differential("L = x_i x_i x_i"))
