@@ -95,6 +95,10 @@ def explain(src, wrt=None, of=None, layout="numerator", depends=None, sizes=None
         dst = dprog.statement("d" + st.name) if ("d" + st.name) in dprog.outputs or _has(dprog, "d" + st.name) else None
         if dst is None:
             continue
+        if st.name == var:      # the variable itself, cut loose from its definition
+            out.line(f"{label_lhs} = " + " ".join(f"δ_{a}{b}" for a, b in zip(st.indices, var_idx))
+                     + f"   ({var} is the variable: its own definition is not differentiated)")
+            continue
         expr = _substitute(dst.expr, var, var_idx, dims, {s.name for s in intermediates}, first)
         if expr is None:
             out.line(f"{label_lhs} = 0")

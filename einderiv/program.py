@@ -255,14 +255,20 @@ class Derivative(Program):
 
 # --- building programs -----------------------------------------------------------------------
 
-def _as_analysis(src, sizes) -> tuple[Analysis, str]:
+def _as_analysis(src, sizes) -> tuple[Analysis, str, str | None]:
+    """What to differentiate, the source text, and the default ``of``: a formula string,
+    or a built Program itself (a Derivative's own statements and result, so that
+    ``diff(diff(f, x), x)`` is the second derivative)."""
     if isinstance(src, Program):
         if sizes:
             raise EinderivError("sizes= goes with the formula text, not with a parsed Program")
-        return src._analysis, src.source
+        unsized = getattr(getattr(src, "_analysis", None), "unsized", None)
+        analysis = Analysis(src.statements, dict(src._inputs),
+                            {k: list(v) for k, v in src._members.items()}, dict(src._sizes), unsized)
+        return analysis, src.source, src.outputs[-1]
     if not isinstance(src, str):
         raise EinderivError(f"expected a formula string or a Program, got {type(src).__name__}")
-    return analyze(src, sizes), src
+    return analyze(src, sizes), src, None
 
 
 def parse(src: str, sizes=None) -> Program:
@@ -301,10 +307,10 @@ def _variable_dims(name, analysis, depends):
                         f"the program (inputs: {known})")
 
 
-def _statement_map(analysis, of):
+def _statement_map(analysis, of, default=None):
     names = [st.name for st in analysis.statements]
     if of is None:
-        of = names[-1]
+        of = default or names[-1]
     if of not in names:
         raise EinderivError(f"of='{of}' is not defined by the program (it defines: {', '.join(names)})")
     upto = names.index(of) + 1
@@ -332,18 +338,30 @@ def _all_index_names(analysis) -> set:
     return names
 
 
-def _check_depends(depends, analysis):
+def _check_depends(depends, analysis, inherited=None):
+    """``{"A": "X"}``: input A is an unknown function of X, whose Jacobian input is ``dAdX``
+    (``inherited``: those a Derivative given to diff already has)."""
+    inherited = inherited or {}
     if depends is None:
         return {}
     if not isinstance(depends, dict):
         raise EinderivError("depends= is a dict like {'A': 'X', 'B': 'X'}")
     out = {}
+    names = set(analysis.inputs) | {st.name for st in analysis.statements}
     for k, v in depends.items():
         if not (isinstance(k, str) and isinstance(v, str) and _IDENT.match(k) and _IDENT.match(v)):
             raise EinderivError(f"depends entries are tensor names, got {k!r}: {v!r}")
+        if inherited.get(k) == v:
+            continue
         if k not in analysis.inputs:
             raise EinderivError(f"depends names '{k}', which is not an input of the program "
                                 f"(inputs: {', '.join(analysis.inputs)})")
+        if k == v:
+            raise EinderivError(f"depends={{'{k}': '{v}'}} makes '{k}' a function of itself; "
+                                f"name the variable it depends on")
+        if f"d{k}d{v}" in names and inherited.get(f"d{k}d{v}") != v:
+            raise EinderivError(f"the Jacobian of '{k}' with respect to '{v}' would be named "
+                                f"'d{k}d{v}', which the program already uses; rename one of them")
         out[k] = v
     return out
 
@@ -374,26 +392,33 @@ def _layout_order(layout, out_idx, wrt_idx):
 def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Derivative:
     """The derivative of a program's output with respect to one or more tensors.
 
+    With respect to an intermediate ``h`` (or the output itself) it is the partial derivative
+    with ``h`` cut loose from its definition, as if ``h`` were an input: ∂h_i/∂h_p = δ_ip.
+
     >>> print(ed.diff("C_ik = A_ij B_jk", wrt="A_pq"))
     dC_ik/dA_pq = δ_ip B_qk
     """
-    analysis, source = _as_analysis(src, sizes)
-    of, statements = _statement_map(analysis, of)
-    depends = _check_depends(depends, analysis)
+    analysis, source, default_of = _as_analysis(src, sizes)
+    of, statements = _statement_map(analysis, of, default_of)
+    inherited = dict(getattr(src, "_depends", {}))   # a Derivative's depends= and Jacobians
+    depends = {**inherited, **_check_depends(depends, analysis, inherited)}
     wrt_list = [wrt] if isinstance(wrt, str) else list(wrt) if isinstance(wrt, (list, tuple)) else None
     if not wrt_list:
         raise EinderivError("wrt= names the variable: 'A', 'A_pq', or a list for higher derivatives")
+    entries = [(entry, *_parse_wrt(entry, analysis)) for entry in wrt_list]
+    cut = {name for _, name, _ in entries if name in statements}
+    chain = {n: st for n, st in statements.items() if n not in cut}
     target = statements[of]
     taken = _all_index_names(analysis) | set(target.indices)
-    current = target.expr
     out_idx = target.indices
+    current = S.factor_expr(Tensor(of, out_idx, target.dims)) if of in cut else target.expr
     inputs = dict(analysis.inputs)
     members = {k: list(v) for k, v in analysis.members.items()}
     derived = dict(depends)            # tensor -> variable it depends on (Jacobians too)
+    program_names = (set(analysis.inputs) | {st.name for st in analysis.statements}) - set(inherited)
     wrt_names, wrt_user_idx, renames = [], [], {}
     used_user = set(out_idx)
-    for entry in wrt_list:
-        name, given = _parse_wrt(entry, analysis)
+    for entry, name, given in entries:
         dims = _variable_dims(name, analysis, depends)
         if dims is None:
             jac_ndim = _depends_ndim(name, derived, given)
@@ -415,7 +440,8 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
         renames.update(zip(private, given))
         wrt_names.append(name)
         wrt_user_idx.append(given)
-        current = _jacobian_pass(current, statements, name, private, dims, derived, inputs, members)
+        current = _jacobian_pass(current, chain, name, private, dims, derived, inputs, members,
+                                 program_names)
     result = rename_expr(current, renames)
     result = S.factor_common(fold_intermediates(result, list(statements.values())))
     order = _layout_order(layout, out_idx, wrt_user_idx)
@@ -425,15 +451,45 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
             raise EinderivError(f"internal: result index {i} without dimension")  # pragma: no cover
     result = S.expr(dim_map, result.terms)
     rname = "∂" + of
-    label = _derivative_label(of, out_idx, wrt_names, wrt_user_idx)
+    # a derivative of a Derivative's result continues its label: d²L/dx_p dx_q
+    base = getattr(src, "_label_parts", None) if of == default_of else None
+    base_of, base_idx, base_names, base_lists = base or (of, out_idx, [], [])
+    parts = (base_of, base_idx, base_names + wrt_names, base_lists + wrt_user_idx)
+    label = _derivative_label(*parts)
     result_st = Statement(rname, order, tuple(dim_map[i] for i in order), result)
-    forward = _needed(statements, [result])
-    d = Derivative(forward + [result_st], (rname,), inputs, members, analysis.sizes,
-                   labels={rname: label}, source=source, of=of,
-                   wrt=[n + format_indices(i) for n, i in zip(wrt_names, wrt_user_idx)],
+    kept = _needed(statements, [result]) + [result_st]
+    keep = _cone(statements, of) | (set(inputs) - set(analysis.inputs))
+    inputs, members = _used_inputs(kept, inputs, members, keep)
+    d = Derivative(kept, (rname,), inputs, members, analysis.sizes,
+                   labels={rname: label}, source=source, of=base_of,
+                   wrt=[n + format_indices(i) for n, i in zip(parts[2], parts[3])],
                    layout=layout)
     d._analysis = analysis
+    d._label_parts = parts
+    d._depends = {k: v for k, v in derived.items() if k in inputs}
     return d
+
+
+def _cone(statements: dict, of) -> set:
+    """The names that ``of`` reads, directly or through the intermediates it uses."""
+    cone = _needed(statements, [statements[of].expr]) + [statements[of]]
+    return {n for st in cone for n in tensor_names(st.expr)}
+
+
+def _used_inputs(statements, inputs: dict, members: dict, keep: set) -> tuple[dict, dict]:
+    """The inputs named in ``keep`` (those the differentiated result reads, and the new
+    ones: Jacobians, tangents, the cotangent), and the first other input along any
+    dimension of ``statements`` none of those carries (its size comes from that array)."""
+    kept = {n for n in inputs if n in keep}
+    carried = {d for n in kept for d in inputs[n]}
+    wanted = {d for st in statements for d in st.dims}
+    for n, dims in inputs.items():
+        if n not in kept and any(d in wanted and d not in carried for d in dims):
+            kept.add(n)
+            carried.update(dims)
+    members = {d: [m for m in group if m[0] in kept or m[0] == "sizes"] for d, group in members.items()}
+    return ({n: dims for n, dims in inputs.items() if n in kept},
+            {d: group for d, group in members.items() if group})
 
 
 def _depends_ndim(name, derived, given):
@@ -510,9 +566,10 @@ def _derivative_label(of, out_idx, names, idx_lists):
     return f"d{sup}{of}{format_indices(out_idx)}/{den}"
 
 
-def _jacobian_pass(current, statements, name, private, dims, derived, inputs, members):
+def _jacobian_pass(current, statements, name, private, dims, derived, inputs, members,
+                   program_names=frozenset()):
     """One derivative with respect to ``name`` (indices ``private``), the chain rule through
-    the intermediates memoized."""
+    the intermediates memoized; ``statements`` are those the chain rule goes through."""
     wrt = dict(zip(private, dims))
     variable_seed = delta_seed(name, private, dims)
     memo = {}
@@ -531,6 +588,9 @@ def _jacobian_pass(current, statements, name, private, dims, derived, inputs, me
             return rename_result(d, statements[t.name].indices, t.indices)
         if derived.get(t.name) == name:
             jac = f"d{t.name}d{name}"
+            if jac in program_names:
+                raise EinderivError(f"the Jacobian of '{t.name}' with respect to '{name}' would be "
+                                    f"named '{jac}', which the program already uses; rename one of them")
             if jac not in inputs:
                 inputs[jac] = tuple(inputs.get(t.name, t.dims)) + tuple(dims)
                 base = inputs.get(t.name, t.dims)
@@ -557,10 +617,14 @@ def differential(src, of=None, sizes=None) -> Program:
     >>> print(ed.differential("C_ik = A_ij B_jk"))
     dC_ik = sum_j(A_ij dB_jk) + sum_j(B_jk dA_ij)
     """
-    analysis, source = _as_analysis(src, sizes)
-    of, statements = _statement_map(analysis, of)
+    analysis, source, default_of = _as_analysis(src, sizes)
+    of, statements = _statement_map(analysis, of, default_of)
     names = set(analysis.inputs) | set(statements)
     for n in list(analysis.inputs) + list(statements):
+        if "d" + n in names and isinstance(src, Program) and "d" + n in analysis.inputs:
+            raise EinderivError(f"cannot take the differential of a program with both '{n}' and "
+                                f"'d{n}' as inputs (a differential's own tangents would collide); "
+                                f"for second derivatives use diff(..., wrt=[...])")
         if "d" + n in names:
             raise EinderivError(f"the tangent of '{n}' would be named 'd{n}', which the program "
                                 f"already uses; rename one of them")
@@ -585,8 +649,10 @@ def differential(src, of=None, sizes=None) -> Program:
         dstatements.append(Statement("d" + st.name, st.indices, st.dims, e))
     all_st = {**statements, **{s.name: s for s in dstatements}}
     final = all_st["d" + of]
-    needed = _needed(all_st, [final.expr])
-    program = Program(needed + [final], ("d" + of,), inputs, members, analysis.sizes, source=source)
+    kept = _needed(all_st, [final.expr]) + [final]
+    keep = _cone(statements, of)
+    inputs, members = _used_inputs(kept, inputs, members, keep | {"d" + n for n in keep})
+    program = Program(kept, ("d" + of,), inputs, members, analysis.sizes, source=source)
     program._analysis = analysis
     return program
 
@@ -597,8 +663,8 @@ def vjp(src, wrt, cotangent="G", of=None, sizes=None) -> Program:
     >>> print(ed.vjp("y_i = sum_j(W_ij x_j)", wrt="x"))
     Gx_j = sum_i(G_i W_ij)
     """
-    analysis, source = _as_analysis(src, sizes)
-    of, statements = _statement_map(analysis, of)
+    analysis, source, default_of = _as_analysis(src, sizes)
+    of, statements = _statement_map(analysis, of, default_of)
     single = isinstance(wrt, str)
     wrt_names = [wrt] if single else list(wrt)
     if not wrt_names:
@@ -608,10 +674,20 @@ def vjp(src, wrt, cotangent="G", of=None, sizes=None) -> Program:
     taken_names = set(analysis.inputs) | set(statements)
     if cotangent in taken_names:
         raise EinderivError(f"the cotangent name '{cotangent}' is already used by the program")
+    later = {st.name for st in analysis.statements} - set(statements)
     for w in wrt_names:
+        if isinstance(w, str) and "_" in w and w.split("_")[0] in set(analysis.inputs) | set(statements):
+            raise EinderivError(f"vjp's wrt takes tensor names without indices: '{w.split('_')[0]}', "
+                                f"not '{w}' (the result has the axes of {w.split('_')[0]})")
+        if isinstance(w, str) and w in later:
+            raise EinderivError(f"cannot take the vjp with respect to '{w}': it is computed after "
+                                f"of='{of}', which does not depend on it")
         if not isinstance(w, str) or w not in analysis.inputs and w not in statements:
             raise EinderivError(f"cannot take the vjp with respect to {w!r}: not a tensor of the "
                                 f"program (inputs: {', '.join(analysis.inputs)})")
+    repeated = sorted({w for w in wrt_names if wrt_names.count(w) > 1})
+    if repeated:
+        raise EinderivError(f"wrt lists '{repeated[0]}' more than once")
     target = statements[of]
     inputs = dict(analysis.inputs)
     inputs[cotangent] = target.dims
@@ -626,11 +702,11 @@ def vjp(src, wrt, cotangent="G", of=None, sizes=None) -> Program:
         depends_on[st.name] = any(r in wrt_names or depends_on.get(r, False) for r in reads)
 
     def bar_name(n):
-        base = f"{cotangent}{n}"
-        while base in taken_names:
-            base += "_"
-        taken_names.add(base)
-        return base
+        name = f"{cotangent}{n}"
+        if name in taken_names:
+            raise EinderivError(f"the cotangent of '{n}' would be named '{name}', which the program "
+                                f"already uses; rename it or choose another cotangent= name")
+        return name
 
     def axis_names(n):
         if n in statements:
@@ -669,22 +745,22 @@ def vjp(src, wrt, cotangent="G", of=None, sizes=None) -> Program:
             contrib = rename_expr(contrib, dict(zip(private, axis_names(r))))
             contrib = fold_intermediates(contrib, list(statements.values()))
             bars[r] = S.add(bars[r], contrib) if r in bars else contrib
-    results = []
-    keys = {}
+    # an intermediate's result is its cotangent statement itself (Gh); the output's is G
+    results, keys = [], {}
     for w in wrt_names:
-        idx = axis_names(w)
-        dims = dims_of(w)
+        idx, dims = axis_names(w), dims_of(w)
         if w in carriers and w != of:
-            e = S.factor_expr(carriers[w])
+            name = carriers[w].name
         else:
-            e = bars.get(w, S.zero(dict(zip(idx, dims))))
-        name = bar_name(w) if w not in carriers else "↦" + w
-        results.append(Statement(name, idx, dims, S.factor_common(S.expr(dict(zip(idx, dims)), e.terms))))
+            e = S.factor_expr(out_tensor) if w == of else bars.get(w, S.zero(dict(zip(idx, dims))))
+            name = bar_name(w)
+            results.append(Statement(name, idx, dims, S.factor_common(S.expr(dict(zip(idx, dims)), e.terms))))
         keys[name] = w
     all_st = {**statements, **{s.name: s for s in bar_statements}}
-    needed = _needed(all_st, [r.expr for r in results])
-    program = Program(needed + results, tuple(r.name for r in results), inputs, members,
-                      analysis.sizes, source=source)
+    want = {st.name for st in _needed(all_st, [r.expr for r in results] + [all_st[n].expr for n in keys if n in all_st])}
+    kept = [st for n, st in all_st.items() if n in want or n in keys] + results
+    inputs, members = _used_inputs(kept, inputs, members, _cone(statements, of) | {cotangent})
+    program = Program(kept, tuple(keys), inputs, members, analysis.sizes, source=source)
     program._analysis = analysis
     if not single:
         program._result_keys = keys

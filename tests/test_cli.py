@@ -88,6 +88,10 @@ def test_differential_and_vjp():
     assert r.returncode == 0 and r.stdout == str(ed.vjp(src, wrt=["W", "x"])) + "\n"
     r = run("vjp", src, "--wrt", "W", "--cotangent", "g", "--to", "latex")
     assert r.returncode == 0 and r.stdout == ed.vjp(src, wrt="W", cotangent="g").latex() + "\n"
+    r = run("vjp", "y_i = sum_j(W_ij x_j)", "--wrt", "y")      # the output's own cotangent
+    assert r.returncode == 0 and r.stdout == "Gy_i = G_i\n"
+    r = run("vjp", src, "--wrt", "h,W")                          # no ↦h: h's result is Gh
+    assert r.returncode == 0 and "↦" not in r.stdout and "\nGh_i = " in r.stdout
 
 
 def test_explain():
@@ -136,6 +140,7 @@ BAD = [
     (["check", "L = x_i A_ij x_j", "--wrt", "x", "--sizes", "i=3,j=4"], "size"),
     (["check", "h_i = x_i^2; L = h_i h_i", "--wrt", "h"], "inputs only"),
     (["vjp", "y_i = A_ij x_j", "--wrt", "q"], "'q'"),
+    (["vjp", "y_i = A_ij x_j", "--wrt", "A_pq"], "without indices: 'A', not 'A_pq'"),
     (["explain", "C_ik = A_ij B_jk", "--wrt", "A_pqr"], "A"),
     (["differential", "C_ik = A_ij B_j"], "k"),
     (["bogus"], "invalid choice"),

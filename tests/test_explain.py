@@ -106,3 +106,16 @@ def test_errors_are_einderiv_errors(kwargs):
 def test_syntax_error():
     with pytest.raises(ed.EinderivSyntaxError):
         ed.explain("C_ik = A_ij + * B_jk", wrt="A")
+
+
+def test_a_size_factor_has_a_matrix_form():
+    text = ed.explain("y_i = sum_j(x_i)", wrt="x")
+    assert "∂y/∂x = n_j I   (numerator layout" in text
+    assert "bug" not in text
+
+
+def test_with_respect_to_an_intermediate_its_own_line_is_the_identity():
+    text = ed.explain("h_i = tanh(x_i); L = h_i h_i", wrt="h")
+    step3 = text.split("3. ", 1)[1].split("4. ", 1)[0]
+    assert "dh_i/dh_p = δ_ip" in step3 and "dh_i/dh_p = 0" not in step3
+    assert "dL/dh_p = 2 h_p" in text

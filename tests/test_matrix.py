@@ -149,3 +149,22 @@ def test_products_are_spaced_when_names_have_several_letters():
     form = ed.vjp("C_ik = A_ij B_jk", wrt="A").matrix()
     assert str(form) == "GA = G Bᵀ"
     assert ed.parse("C_ik = A_ij B_jk").matrix().text() == "AB"
+
+
+@pytest.mark.parametrize("sizes", [None, {"j": 3}])
+def test_a_size_only_sizes_gives_is_named(sizes):
+    # y_i = sum_j(x_i) = n_j x_i: its Jacobian is n_j I, checked with j sized by sizes=
+    d = ed.diff("y_i = sum_j(x_i)", wrt="x", sizes=sizes)
+    form = d.matrix()
+    assert form.exists, form.reason
+    assert str(form) == "∂y/∂x = n_j I   (numerator layout: rows y, columns x)"
+    x = np.arange(1.0, 5.0)
+    np.testing.assert_array_equal(form.evaluate(x=x, sizes={"j": 5}), 5 * np.eye(4))
+
+
+@pytest.mark.parametrize("layout", ["pqki", "ikqp"])
+def test_a_custom_layout_without_vec_form_says_so(layout):
+    form = ed.diff("C_ik = A_ij B_jk", wrt="A_pq", layout=layout).matrix()
+    assert not form.exists
+    assert f"layout '{layout}' orders the axes" in form.reason
+    assert ed.diff("C_ik = A_ij B_jk", wrt="A_pq", layout="pqik").matrix().exists

@@ -6,6 +6,7 @@ The references are plain numpy functions written by hand from the formula's mean
 """
 
 import os
+import re
 import sys
 
 import numpy as np
@@ -817,6 +818,178 @@ def test_vjp_list_vector_output():
     for name in ("W", "x", "b"):
         ref = np.tensordot(G, fd_jacobian(fref, arrays, name), axes=1)
         assert_close(out[name], ref, what=f"vjp list vector output, {name}")
+
+
+# ---------------------------------------------------------------------------
+# with respect to an intermediate or the output itself: the partial derivative with that
+# tensor cut loose from its definition (finite differences perturb it as an input)
+# ---------------------------------------------------------------------------
+
+CUT_SRC = "h_i = tanh(x_i); L = h_i h_i + x_i h_i"
+
+
+def cut_ref(h, x):
+    """L of CUT_SRC with h an independent input."""
+    return h @ h + x @ h
+
+
+def test_diff_of_the_output_itself_is_the_identity():
+    x = random_inputs({"x": (I,)}, seed=60)["x"]
+    d = ed.diff(CUT_SRC, wrt="h", of="h")
+    assert str(d) == "dh_i/dh_p = δ_ip"
+    assert_close(d.evaluate(x=x), np.eye(I), rtol=0, atol=0, what="dh/dh")
+    d = ed.diff("y = 3 + x", wrt="y")
+    assert str(d) == "dy/dy = 1" and float(d.evaluate(x=np.array(2.0))) == 1.0
+    d = ed.diff(CUT_SRC, wrt="L")
+    assert str(d) == "dL/dL = 1" and float(d.evaluate(x=x)) == 1.0
+
+
+def test_diff_wrt_an_intermediate_cuts_it_loose():
+    x = random_inputs({"x": (I,)}, seed=61)["x"]
+    point = {"h": np.tanh(x), "x": x}
+    d = ed.diff(CUT_SRC, wrt="h_p")
+    assert_close(evaluate(d, {"x": x}), fd_jacobian(cut_ref, point, "h"), what="dL/dh")
+    # in a list the intermediate stays cut loose in every pass: ∂²L/∂x_p∂h_q = δ_pq
+    for wrt, names in ((["x_p", "h_q"], ["x", "h"]), (["h_p", "x_q"], ["h", "x"])):
+        d = ed.diff(CUT_SRC, wrt=wrt)
+        assert_close(evaluate(d, {"x": x}), fd_derivative(cut_ref, point, names),
+                     atol_rel=ATOL_REL[2], what=f"d2L/d{names}")
+
+
+def test_vjp_of_the_output_itself_is_the_cotangent():
+    x = random_inputs({"x": (I,)}, seed=62)["x"]
+    prog = ed.vjp(CUT_SRC, wrt="L")
+    assert str(prog) == "GL = G" and prog.inputs == ("x", "G")
+    assert float(prog.evaluate(x=x, G=np.array(2.0))) == 2.0
+    prog = ed.vjp("y_i = sum_j(W_ij x_j)", wrt="y")
+    assert str(prog) == "Gy_i = G_i"
+
+
+def test_vjp_wrt_an_intermediate_is_named_like_the_others():
+    x = random_inputs({"x": (I,)}, seed=63)["x"]
+    prog = ed.vjp(CUT_SRC, wrt=["h", "x"])
+    assert prog.outputs == ("Gh", "Gx") and "↦" not in str(prog) + prog.to_source()
+    out = evaluate(prog, {"x": x, "G": np.array(0.5)})
+    assert set(out) == {"h", "x"}
+    assert_close(out["h"], 0.5 * fd_jacobian(cut_ref, {"h": np.tanh(x), "x": x}, "h"), what="Gh")
+    total = lambda x: cut_ref(np.tanh(x), x)  # noqa: E731
+    assert_close(out["x"], 0.5 * fd_jacobian(total, {"x": x}, "x"), what="Gx")
+    # the order of the list does not matter
+    out2 = evaluate(ed.vjp(CUT_SRC, wrt=["x", "h"]), {"x": x, "G": np.array(0.5)})
+    assert_close(out2["h"], out["h"], rtol=1e-12, what="Gh")
+    assert_close(out2["x"], out["x"], rtol=1e-12, what="Gx")
+
+
+# ---------------------------------------------------------------------------
+# a built Program given back to diff / vjp / differential is differentiated as it is
+# ---------------------------------------------------------------------------
+
+
+def test_diff_of_a_derivative_is_the_second_derivative():
+    x = random_inputs({"x": (I,)}, seed=64)["x"]
+    twice = ed.diff(ed.diff("L = x_i x_i x_i", wrt="x"), wrt="x")
+    hessian = ed.diff("L = x_i x_i x_i", wrt=["x", "x"])
+    assert str(twice) == str(hessian) == "d²L/dx_p dx_q = 6 δ_pq x_p"
+    assert twice.of == "L" and twice.wrt == ("x_p", "x_q")
+    ref = fd_derivative(lambda x: np.sum(x ** 3), {"x": x}, ["x", "x"])
+    assert_close(evaluate(twice, {"x": x}), ref, atol_rel=ATOL_REL[2], what="diff(diff)")
+
+
+def test_diff_of_a_program_derivative_matches_the_hessian_path():
+    arrays = random_inputs({"W": (I, J), "x": (J,), "t": (I,)}, seed=65)
+    twice = ed.diff(ed.diff(MLP_SRC, wrt="x_p"), wrt="x_q")
+    hessian = ed.diff(MLP_SRC, wrt=["x_p", "x_q"])
+    assert twice.indices == hessian.indices == ("p", "q")
+    assert_close(evaluate(twice, arrays), evaluate(hessian, arrays), rtol=1e-12, what="paths")
+    ref = fd_derivative(mlp_ref, arrays, ["x", "x"])
+    assert_close(evaluate(twice, arrays), ref, atol_rel=ATOL_REL[2], what="diff(diff(mlp))")
+
+
+def test_vjp_and_differential_of_a_derivative():
+    x = random_inputs({"x": (I,)}, seed=66)["x"]
+    g = np.random.default_rng(67).normal(size=(I,))
+    first = ed.diff("L = x_i x_i x_i", wrt="x")
+    hess = fd_derivative(lambda x: np.sum(x ** 3), {"x": x}, ["x", "x"])
+    got = evaluate(ed.vjp(first, wrt="x"), {"x": x, "G": g})
+    assert_close(got, g @ hess, atol_rel=ATOL_REL[2], what="vjp(diff)")
+    got = evaluate(ed.differential(first), {"x": x, "dx": g})
+    assert_close(got, hess @ g, atol_rel=ATOL_REL[2], what="differential(diff)")
+    second = ed.diff(ed.vjp("L = x_i x_i x_i", wrt="x"), wrt="x")
+    assert_close(evaluate(second, {"x": x, "G": np.array(1.0)}), hess, atol_rel=ATOL_REL[2],
+                 what="diff(vjp)")
+
+
+def test_diff_of_a_depends_derivative_keeps_its_jacobians():
+    dep = {"A": "X", "B": "X"}
+    first = ed.diff("C_ik = A_ij B_jk", wrt="X_pq", depends=dep)
+    hessian = ed.diff("C_ik = A_ij B_jk", wrt=["X_pq", "X_rs"], depends=dep)
+    rng = np.random.default_rng(70)
+    shapes = {"A": (2, 3), "B": (3, 4), "dAdX": (2, 3, 2, 2), "dBdX": (3, 4, 2, 2),
+              "ddAdXdX": (2, 3, 2, 2, 2, 2), "ddBdXdX": (3, 4, 2, 2, 2, 2)}
+    arrays = {n: rng.normal(size=s) for n, s in shapes.items()}
+    for again in (None, dep):            # depends= repeated or not: the same
+        twice = ed.diff(first, wrt="X_rs", depends=again)
+        assert str(twice) == str(hessian) and set(twice.inputs) == set(shapes)
+        assert_close(evaluate(twice, arrays), evaluate(hessian, arrays), rtol=1e-12, what="depends")
+
+
+def test_differential_of_a_differential_is_refused():
+    with pytest.raises(ed.EinderivError, match="'x' and 'dx'.*wrt=\\["):
+        ed.differential(ed.differential("L = x_i x_i x_i"))
+
+
+# ---------------------------------------------------------------------------
+# generated names that collide with the program's own are reported
+# ---------------------------------------------------------------------------
+
+NAME_CLASHES = [
+    ("jacobian", lambda: ed.diff("C_ik = A_ij B_jk + dAdX_ik", wrt="X_pq", depends={"A": "X"}),
+     "'dAdX', which the program already uses"),
+    ("jacobian-statement", lambda: ed.diff("dAdX_ik = A_ij B_jk; L = dAdX_ii", wrt="X_pq",
+                                           depends={"A": "X"}), "'dAdX'"),
+    ("second-jacobian", lambda: ed.diff("C_ik = A_ij B_jk + ddAdXdX_ik", wrt=["X_pq", "X_rs"],
+                                        depends={"A": "X"}), "'ddAdXdX'"),
+    ("depends-on-itself", lambda: ed.diff("C_ik = A_ij B_jk", wrt="A", depends={"A": "A"}),
+     "'A' a function of itself"),
+    ("cotangent-of-input", lambda: ed.vjp("C_ik = A_ij B_jk + GA_ik", wrt="A"),
+     "'GA', which the program already uses"),
+    ("cotangent-of-intermediate", lambda: ed.vjp("h_i = tanh(x_i); L = h_i h_i + Gh_i", wrt="x"),
+     "'Gh'"),
+    ("vjp-wrt-with-indices", lambda: ed.vjp("C_ik = A_ij B_jk", wrt="A_pq"),
+     "without indices: 'A', not 'A_pq'"),
+    ("vjp-wrt-twice", lambda: ed.vjp("C_ik = A_ij B_jk", wrt=["A", "A"]), "'A' more than once"),
+    ("vjp-wrt-later-statement", lambda: ed.vjp(MLP_SRC, wrt="L", of="h"), "after of='h'"),
+]
+
+
+@pytest.mark.parametrize("case", NAME_CLASHES, ids=[c[0] for c in NAME_CLASHES])
+def test_name_clashes_are_reported(case):
+    _, build, message = case
+    with pytest.raises(ed.EinderivError, match=re.escape(message)):
+        build()
+
+
+# ---------------------------------------------------------------------------
+# of=: the result takes only the inputs the selected statement reads
+# ---------------------------------------------------------------------------
+
+
+def test_of_takes_only_the_inputs_it_reads():
+    arrays = random_inputs({"W": (I, J), "x": (J,)}, seed=68)
+    h = lambda W, x: np.tanh(W @ x)  # noqa: E731
+    d = ed.diff(MLP_SRC, wrt="W", of="h")
+    assert d.inputs == ("W", "x") and "def derivative(W, x)" in d.to_source()
+    assert_close(d.evaluate(**arrays), fd_jacobian(h, arrays, "W"), what="of=h")
+    prog = ed.vjp(MLP_SRC, wrt="W", of="h")
+    assert prog.inputs == ("W", "x", "G")
+    G = np.random.default_rng(69).normal(size=(I,))
+    assert_close(prog.evaluate(G=G, **arrays), np.tensordot(G, fd_jacobian(h, arrays, "W"), 1),
+                 what="vjp of=h")
+    prog = ed.differential(MLP_SRC, of="h")
+    assert prog.inputs == ("W", "x", "dW", "dx")
+    # an input the result does not read but whose axes it has stays, for its size
+    d = ed.diff("h_i = tanh(x_i); L = h_i h_i", wrt="h", of="h")
+    assert d.inputs == ("x",)
 
 
 # ---------------------------------------------------------------------------

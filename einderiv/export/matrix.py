@@ -843,6 +843,9 @@ def dimension_names(program) -> dict:
         for d in st.dims:
             if d not in names:
                 names[d] = "n_" + d.lstrip("=") if d.startswith("=") else f"D{len(names)}"
+    for d in program._members:          # a size only sizes= gives: sum_j(1) is n_j
+        if d not in names and d.startswith("="):
+            names[d] = "n_" + d[1:]
     return names
 
 
@@ -1051,10 +1054,17 @@ def _kron_statement(tr, program, st, label):
     wrt_idx = tuple(_wrt_indices(d.wrt[0]))
     if n_wrt > 2 or len(out_idx) > 2:
         raise NoMatrixForm(f"the result has {len(st.indices)} axes")
-    if tuple(st.indices) == out_idx + wrt_idx:
-        rows, cols = out_idx, wrt_idx
-    elif tuple(st.indices) == wrt_idx + out_idx:
-        rows, cols = wrt_idx, out_idx
+    wrt_name = d.wrt[0].split("_")[0]
+    own = tuple(getattr(d, "_label_parts", (None, out_idx))[1])    # d.of's own axis order
+    if tuple(st.indices) == own + wrt_idx:
+        rows, cols = own, wrt_idx
+    elif tuple(st.indices) == wrt_idx + own:
+        rows, cols = wrt_idx, own
+    elif d.layout not in ("numerator", "denominator"):
+        layout = d.layout if isinstance(d.layout, str) else "".join(d.layout)
+        raise NoMatrixForm(f"layout '{layout}' orders the axes ({', '.join(st.indices)}), neither "
+                           f"{d.of}'s then {wrt_name}'s nor the reverse; the vec and Kronecker form "
+                           f"is written for those two orders")
     else:
         raise NoMatrixForm(f"the result has {len(st.indices)} axes")
     r1, r2 = (rows + (None, None))[:2]
@@ -1064,7 +1074,7 @@ def _kron_statement(tr, program, st, label):
     for term in st.expr.terms:
         terms.append(_kron_term(tr, term, (r1, c1), (r2, c2), dims))
     node = terms[0] if len(terms) == 1 else Sum(tuple(terms))
-    of_name, wrt_name = d.of, d.wrt[0].split("_")[0]
+    of_name = d.of
     num = f"vec({of_name})" if len(out_idx) == 2 else of_name
     den = f"vec({wrt_name})" if len(wrt_idx) == 2 else wrt_name
     return Statement_(f"∂{num}/∂{den}", node, st.name, st.indices, kron=True)
@@ -1130,9 +1140,15 @@ def _check(form: MatrixForm) -> bool:
             if d not in size:
                 size[d] = next(candidates, 3)
         arrays[name] = rng.uniform(0.5, 1.5, size=tuple(size[d] for d in dims))
+    sizes = {}                          # indices that only sizes= sizes, left open at parse
+    for group in program._members.values():
+        for tensor, _, index, _ in group:
+            if tensor == "sizes" and "=" + index not in size:
+                size["=" + index] = sizes[index] = next(candidates, 3)
+    sizes = sizes or None
     try:
-        expected = np.asarray(program.evaluate(**arrays), dtype=float)
-        got = np.asarray(form.evaluate(**arrays), dtype=float)
+        expected = np.asarray(program.evaluate(sizes=sizes, **arrays), dtype=float)
+        got = np.asarray(form.evaluate(sizes=sizes, **arrays), dtype=float)
     except Exception:  # noqa: BLE001 - any failure means: do not show this form
         return False
     if expected.shape != got.shape:
