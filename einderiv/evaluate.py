@@ -323,10 +323,10 @@ def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict,
     for index, n in sizes.items():
         targets = [d for d in (output_dims or {}).get(index, ())] if output_dims else []
         targets += [d for d, group in members.items()
-                    if d not in targets and any(t == "sizes" and i == index for t, _, i, _ in group)]
+                    if d not in targets and any(i == index for _, _, i, _ in group)]
         if not targets:
             if strict is None or index in strict:
-                raise IndexSizeError(f"sizes gives index '{index}', which the result does not use")
+                raise IndexSizeError(f"sizes gives index '{index}', which the formula does not use")
             continue
         for d in targets:
             if d in dim_size and dim_size[d] != n:

@@ -205,7 +205,8 @@ class Program:
         unsized = getattr(getattr(self, "_analysis", None), "unsized", None) or {}
         for d in list(self._members) + [d for st in self.statements for d in st.dims]:
             if d not in dim_size:
-                index, name, line = unsized.get(d, (d.lstrip("="), None, None))
+                shown = next((i for _, _, i, _ in self._members.get(d, ())), d.lstrip("="))
+                index, name, line = unsized.get(d, (shown, None, None))
                 where = f"line {line}: index '{index}' of '{name}'" if name else f"index '{index}'"
                 raise IndexSizeError(f"{where} has no size: no input tensor carries it; "
                                      f"give it with sizes={{'{index}': n}}")
@@ -417,6 +418,8 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
         wrt_user_idx.append(given)
         current = _jacobian_pass(current, statements, name, private, dims, derived, inputs, members)
     result = rename_expr(current, renames)
+    members = {d: [(t, a, renames.get(i, i), line) for t, a, i, line in group]
+               for d, group in members.items()}
     result = S.factor_common(fold_intermediates(result, list(statements.values())))
     order = _layout_order(layout, out_idx, wrt_user_idx)
     dim_map = result.dim_map
@@ -510,6 +513,15 @@ def _derivative_label(of, out_idx, names, idx_lists):
     return f"d{sup}{of}{format_indices(out_idx)}/{den}"
 
 
+def _axis_index(members, dim, tensor, axis, default):
+    """The index name the formula gives ``tensor``'s axis ``axis`` (for messages and the
+    docstrings of exported code: never the internal dimension name)."""
+    for t, a, index, _ in members.get(dim, ()):
+        if t == tensor and a == axis:
+            return index
+    return default
+
+
 def _jacobian_pass(current, statements, name, private, dims, derived, inputs, members):
     """One derivative with respect to ``name`` (indices ``private``), the chain rule through
     the intermediates memoized."""
@@ -534,8 +546,10 @@ def _jacobian_pass(current, statements, name, private, dims, derived, inputs, me
             if jac not in inputs:
                 inputs[jac] = tuple(inputs.get(t.name, t.dims)) + tuple(dims)
                 base = inputs.get(t.name, t.dims)
+                shown = [_axis_index(members, d, t.name, axis, i)
+                         for axis, (d, i) in enumerate(zip(base, t.indices))] + list(private)
                 for axis, d in enumerate(tuple(base) + tuple(dims)):
-                    members.setdefault(d, []).append((jac, axis, d, None))
+                    members.setdefault(d, []).append((jac, axis, shown[axis], None))
                 new_derived[jac] = name
             idx = t.indices + private
             dd = dict(zip(t.indices, t.dims))
@@ -569,7 +583,7 @@ def differential(src, of=None, sizes=None) -> Program:
     for n, dims in analysis.inputs.items():
         inputs["d" + n] = dims
         for axis, d in enumerate(dims):
-            members.setdefault(d, []).append(("d" + n, axis, d, None))
+            members.setdefault(d, []).append(("d" + n, axis, _axis_index(members, d, n, axis, d), None))
     nonzero = set()
 
     def seed(t: Tensor):

@@ -280,3 +280,38 @@ def test_multistep_contraction_with_a_scaled_operand():
     want = 2.5 * np.einsum("ij,jk,kl->il", A, B, C)
     for _ in range(2):
         np.testing.assert_allclose(p.evaluate(A=A, B=B, C=C), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("build, arrays, where", [
+    (lambda: ed.parse("L = x_j z_j", sizes={"j": 5}), dict(x=np.ones(3), z=np.ones(3)), "x has size 3"),
+    (lambda: ed.parse("C_ik = A_ij B_jk", sizes={"j": 5}),
+     dict(A=np.ones((2, 3)), B=np.ones((3, 4))), "A has size 3"),
+    (lambda: ed.diff("C_ik = A_ij B_jk", wrt="A", sizes={"j": 5}),
+     dict(A=np.ones((2, 3)), B=np.ones((3, 4))), "A has size 3"),
+    (lambda: ed.parse("L = x_j z_j"), dict(x=np.ones(3), z=np.ones(3), sizes={"j": 5}), "x has size 3"),
+])
+def test_sizes_of_a_summed_index_are_checked_against_the_arrays(build, arrays, where):
+    """sizes= for a summed index that contradicts the arrays is an error naming the index,
+    both sizes and the tensor (it used to be ignored: x_j z_j gave 3.0)."""
+    with pytest.raises(ed.IndexSizeError, match=f"index 'j' size 5, but {where}"):
+        build().evaluate(**arrays)
+
+
+def test_sizes_that_agree_with_the_arrays_are_accepted():
+    p = ed.parse("L = x_j z_j", sizes={"j": 3})
+    assert p.evaluate(x=np.ones(3), z=np.ones(3)) == 3.0
+    assert p.evaluate(x=np.ones(3), z=np.ones(3), sizes={"j": 3}) == 3.0
+
+
+@pytest.mark.parametrize("src, kw, arrays, want", [
+    ("C_ik = A_ij B_jk", dict(wrt="X_pq", depends={"A": "X", "B": "X"}),
+     dict(A=np.ones((2, 3)), B=np.ones((3, 4)), dAdX=np.ones((2, 3, 2, 5)), dBdX=np.ones((3, 4, 2, 2))),
+     "index 'q' has size 5 in dAdX (axis 3) but 2 in dBdX (axis 3)"),
+    ("C_ik = A_ij B_jk", dict(wrt="X_pq", depends={"A": "X"}),
+     dict(A=np.ones((2, 3)), B=np.ones((3, 4)), dAdX=np.ones((3, 3, 2, 2))),
+     "index 'i' has size 2 in A (axis 0) but 3 in dAdX (axis 0)"),
+])
+def test_size_errors_of_jacobian_inputs_name_user_indices(src, kw, arrays, want):
+    with pytest.raises(ed.IndexSizeError) as err:
+        ed.diff(src, **kw).evaluate(**arrays)
+    assert str(err.value) == want

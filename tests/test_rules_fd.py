@@ -994,3 +994,15 @@ def test_parse_shows_explicit_sum_placement():
 def test_index_letters_helper():
     # sanity of the test helper itself
     assert index_letters("C_ik = A_ij B_jk + sum_l(D_{il})") == {"i", "j", "k", "l"}
+
+
+@pytest.mark.parametrize("program, want", [
+    (lambda: ed.differential("C_ik = A_ij B_jk"), ["dA[i, j]", "dB[j, k]"]),
+    (lambda: ed.diff("C_ik = A_ij B_jk", wrt="X_pq", depends={"A": "X", "B": "X"}),
+     ["dAdX[i, j, p, q]", "dBdX[j, k, p, q]"]),
+])
+def test_exported_docstring_names_the_axes_by_user_indices(program, want):
+    text = program().to_source("numpy")
+    for entry in want:
+        assert entry in text
+    assert "A.0" not in text and "_1" not in text

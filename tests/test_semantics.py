@@ -116,3 +116,12 @@ def test_self_reference():
 def test_exponent_with_indices():
     with pytest.raises(ed.EinderivError, match="exponent"):
         ed.parse("y_i = x_i^z_i")
+
+
+def test_two_sizes_along_one_dimension_name_the_tensor_axes():
+    """The message names the indices and the tensor axes that tie them, never an internal
+    dimension name such as 'A.0'."""
+    with pytest.raises(ed.IndexSizeError) as err:
+        ed.parse("L = x_i A_ij x_j", sizes={"i": 3, "j": 4})
+    msg = str(err.value)
+    assert "i=3, j=4" in msg and "axis 1 of A (j)" in msg and "A.0" not in msg
