@@ -315,3 +315,44 @@ def test_size_errors_of_jacobian_inputs_name_user_indices(src, kw, arrays, want)
     with pytest.raises(ed.IndexSizeError) as err:
         ed.diff(src, **kw).evaluate(**arrays)
     assert str(err.value) == want
+
+
+# --- evaluate's arguments: arrays by keyword or as one dict, options by name ----------------
+
+@pytest.mark.parametrize("name", ["backend", "self", "sizes"])
+def test_any_tensor_name_is_an_array_keyword(name):
+    """A tensor named like one of evaluate's parameters is passed by keyword like any other
+    (these used to raise TypeError or 'missing input')."""
+    p = ed.parse(f"y_i = {name}_i x_i")
+    got = p.evaluate(**{name: np.arange(2.0), "x": np.full(2, 3.0)})
+    np.testing.assert_array_equal(got, [0.0, 3.0])
+
+
+def test_a_dict_of_arrays_leaves_the_keywords_to_the_options():
+    p = ed.parse("y_i = backend_i x_i")
+    arrays = {"backend": np.arange(2.0), "x": np.full(2, 3.0)}
+    np.testing.assert_array_equal(p.evaluate(arrays), [0.0, 3.0])
+    with pytest.raises(ed.EinderivError, match="memory limit of 1 B"):
+        p.evaluate(arrays, max_bytes=1)
+    with pytest.raises(ed.InputError, match="the keywords are options .* got x: put every array"):
+        ed.parse("y_i = z_i x_i").evaluate({"z": np.ones(2)}, x=np.ones(2))
+
+
+def test_positional_arrays_are_refused_with_a_hint():
+    """evaluate(A, B) used to take A as sizes= and report A and B missing."""
+    with pytest.raises(ed.InputError, match=r"by keyword, evaluate\(A=\.\.\., B=\.\.\.\).*2 positional"):
+        ed.parse("C_ik = A_ij B_jk").evaluate(np.ones((2, 3)), np.ones((3, 4)))
+
+
+@pytest.mark.parametrize("backend", [None, "foo", "math", 3])
+def test_unknown_backend_is_an_einderiv_error(backend):
+    with pytest.raises(ed.EinderivError, match="backend must be one of 'numpy', 'torch'"):
+        ed.parse("y_i = x_i").evaluate(x=np.ones(3), backend=backend)
+
+
+@pytest.mark.parametrize("bad", [-1, 0, "1GB", True, float("nan")])
+def test_max_bytes_is_checked_like_set_memory_limit(bad):
+    with pytest.raises(ed.EinderivError, match="positive number of bytes"):
+        ed.parse("y_i = x_i").evaluate(x=np.ones(3), max_bytes=bad)
+    with pytest.raises(ed.EinderivError, match="positive number of bytes"):
+        ed.set_memory_limit(bad)
