@@ -149,3 +149,10 @@ def test_products_are_spaced_when_names_have_several_letters():
     form = ed.vjp("C_ik = A_ij B_jk", wrt="A").matrix()
     assert str(form) == "GA = G Bᵀ"
     assert ed.parse("C_ik = A_ij B_jk").matrix().text() == "AB"
+
+
+def test_matrix_form_takes_a_formula_string():
+    """ed.matrix_form("...") used to raise AttributeError; a string is parsed."""
+    assert str(ed.matrix_form("L = A_ij X_jk B_ki")) == str(ed.matrix_form(ed.parse("L = A_ij X_jk B_ki")))
+    with pytest.raises(ed.EinderivError, match="formula string or a Program, got int"):
+        ed.matrix_form(3)
