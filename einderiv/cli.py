@@ -170,15 +170,33 @@ def _render(program, to: str) -> str:
     if to == "latex":
         return program.latex()
     if to == "einsum":
-        lines = []
-        for t in program.einsum():
-            coeff = "" if t.coefficient == 1 else f"{t.coefficient:g} * "
-            lines.append(f"{t.target} += {coeff}einsum('{t.subscripts}', {', '.join(t.operands)})")
-        return "\n".join(lines)
+        return "\n".join(_einsum_line(t) for t in program.einsum())
     if to == "matrix":
         from .export.matrix import matrix_form
         return str(matrix_form(program))
     return program.to_source(to).rstrip("\n")
+
+
+def _einsum_line(t) -> str:
+    """``target_ik += 2 * einsum('ab,bc->ac', A, B)  # axes i k``, a function step as
+    ``%t2 = tanh(%t1)``, a constant term as ``target += 1``."""
+    from .export.text import format_indices
+    if not hasattr(t, "subscripts"):
+        if t.function == "pow":
+            exponent = t.exponent if isinstance(t.exponent, str) else f"{t.exponent:g}"
+            return f"{t.target} = {t.operand} ** {exponent}"
+        return f"{t.target} = {t.function}({t.operand})"
+    factors = [f"{t.coefficient:g}"] if t.coefficient != 1 or not (t.operands or t.sizes) else []
+    factors += list(t.sizes)
+    if t.operands:
+        factors.append(f"einsum('{t.subscripts}', {', '.join(t.operands)})")
+    line = f"{t.target}{format_indices(t.target_indices)} += {' * '.join(factors)}"
+    notes = []
+    if t.operands and t.indices != t.target_indices:
+        notes.append("axes " + (" ".join(t.indices) or "none"))
+    if t.diagonal:
+        notes.append("on the diagonal " + ", ".join(f"{a}={b}" for a, b in t.diagonal))
+    return line + ("  # " + "; ".join(notes) if notes else "")
 
 
 def cmd_diff(args):

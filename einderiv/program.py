@@ -20,9 +20,16 @@ from .ir import Expr, Tensor, Term, fresh_index, rename_expr, tensor_names
 from .parser import split_tensor, _Fail, _IDENT
 from .semantics import Analysis, Statement, analyze
 
-__all__ = ["Program", "Derivative", "EinsumTerm", "parse", "diff", "differential", "vjp"]
+__all__ = ["Program", "Derivative", "EinsumTerm", "ElementwiseStep", "parse", "diff", "differential", "vjp"]
 
-EinsumTerm = namedtuple("EinsumTerm", "target subscripts operands coefficient")
+# target[target_indices] += coefficient · Π sizes · einsum(subscripts, *operands), whose axes
+# are ``indices``: broadcast along the other target axes, and written only where the index
+# pairs of ``diagonal`` are equal (a Kronecker δ). A constant term has no operands and
+# subscripts ''. ``sizes`` are size factors as the text form writes them (size(A,1), sum_j(1)).
+EinsumTerm = namedtuple("EinsumTerm", "target subscripts operands coefficient indices "
+                        "target_indices diagonal sizes", defaults=((), (), (), ()))
+# target = function(operand), or operand ** exponent (function "pow"), elementwise
+ElementwiseStep = namedtuple("ElementwiseStep", "target function operand exponent")
 
 WRT_LETTERS = "pqrstuvwxyzabcdefghijklmno"
 
@@ -92,13 +99,24 @@ class Program:
         return program_latex(self)
 
     def einsum(self) -> list:
-        """Every term as an einsum: (target, subscripts, operand names, coefficient)."""
-        from .evaluate import ExprStep
+        """The steps evaluate runs, in order: every term as an ``EinsumTerm`` (a valid
+        ``np.einsum`` subscripts string, operand names, coefficient, δ diagonal, size factors),
+        and every elementwise function or power that defines a temporary as an
+        ``ElementwiseStep``.
+
+        >>> ed.diff("C_ik = A_ij B_jk", wrt="A_pq").einsum()[0].subscripts
+        'ab->ba'
+        """
+        from .evaluate import ExprStep, FuncStep
         out = []
         for step in self._lowered().steps:
             if isinstance(step, ExprStep):
                 for term in step.terms:
-                    out.append(_einsum_term(step, term))
+                    out.append(_einsum_term(step, term, self._members))
+            elif isinstance(step, FuncStep):
+                out.append(ElementwiseStep(step.target, step.func, step.source, None))
+            else:
+                out.append(ElementwiseStep(step.target, "pow", step.source, step.exponent))
         return out
 
     def to_source(self, target="numpy", name="derivative", shapes=None) -> str:
@@ -254,18 +272,17 @@ class Program:
         return matrix_form(self)
 
 
-def _einsum_term(step, term):
+def _einsum_term(step, term, members):
     from .evaluate import _subscripts
+    from .export.text import format_factor
+    from .ir import Size
     order = step.order
     operands = list(term.operands)
-    coeff = term.coeff
-    subs = _subscripts(operands, [i for i in order if any(i in idx for _, idx in operands)]) if operands else "->"
-    names = tuple(ref for ref, _ in operands)
-    if term.deltas:
-        subs += "  (into the diagonal " + ", ".join(f"{a}={b}" for a, b in term.deltas) + ")"
-    if term.sizes:
-        subs += "  (times " + " ".join(f"n({d.lstrip('=')})" for d in term.sizes) + ")"
-    return EinsumTerm(step.target, subs, names, coeff)
+    indices = tuple(i for i in order if any(i in idx for _, idx in operands))
+    subs = _subscripts(operands, indices) if operands else ""
+    sizes = tuple(format_factor(Size(d), set()) for d in term.sizes)
+    return EinsumTerm(step.target, subs, tuple(ref for ref, _ in operands), term.coeff,
+                      indices, tuple(order), tuple(term.deltas), sizes)
 
 
 def _numpy_input(name, value):

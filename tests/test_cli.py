@@ -241,3 +241,13 @@ def test_check_outside_a_domain_gives_a_hint_and_no_warnings():
     assert r.returncode == 1
     assert "MISMATCH" in r.stdout and "outside the domain" in r.stdout
     assert "RuntimeWarning" not in r.stderr
+
+
+def test_einsum_listing_defines_every_temporary():
+    r = run("diff", "h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2", "--wrt", "W", "--to", "einsum")
+    assert r.returncode == 0, r.stderr
+    assert "%t2 = tanh(%t1)\n" in r.stdout and "%t3 = h ** 2\n" in r.stdout
+    r = run("diff", "C_ik = A_ij B_jk", "--wrt", "A_pq", "--to", "einsum")
+    assert r.stdout == "∂C_ikpq += einsum('ab->ba', B)  # axes k q; on the diagonal i=p\n"
+    r = run("diff", "y = 3 + x", "--wrt", "x", "--to", "einsum")
+    assert r.stdout == "∂y += 1\n"

@@ -234,6 +234,8 @@ def test_temporaries_take_their_consumers_axis_order():
     p = ed.diff("h_ni = tanh(sum_j(W1_ij x_nj) + b1_i); y_nk = sum_i(W2_ki h_ni) + b2_k; "
                 "L = (y_nk - t_nk)^2", wrt="W1_pq")
     for term in p.einsum():
+        if not isinstance(term, ed.EinsumTerm):
+            continue
         ins, out = term.subscripts.split("->")
         if len(term.operands) == 1 and term.operands[0].startswith("%"):
             assert ins == out, term
@@ -356,3 +358,107 @@ def test_max_bytes_is_checked_like_set_memory_limit(bad):
         ed.parse("y_i = x_i").evaluate(x=np.ones(3), max_bytes=bad)
     with pytest.raises(ed.EinderivError, match="positive number of bytes"):
         ed.set_memory_limit(bad)
+
+
+# --- einsum(): the listing is executable ---------------------------------------------------
+
+_ELEMENTWISE = {"tanh": np.tanh, "exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos,
+                "sqrt": np.sqrt, "abs": np.abs, "sign": np.sign}
+
+
+def _run_listing(program, arrays, sizes=None, results=None):
+    """Execute program.einsum() with np.einsum and numpy ufuncs only: each term written into
+    its target through identity matrices for δ pairs and ones for broadcast axes (an
+    independent reading of the record's fields). ``results``: the shapes of the results, for
+    axes that only a δ or a broadcast gives."""
+    import re
+    env = dict(arrays)
+    listing = program.einsum()
+    index_size = {}
+    for t in listing:
+        if isinstance(t, ed.EinsumTerm) and t.target in (results or {}):
+            index_size.update({(t.target, i): n for i, n in zip(t.target_indices, results[t.target])})
+
+    def learn_sizes(target):
+        """Sizes of a target's indices from the operands of all its terms (defined by now)."""
+        for t in listing:
+            if isinstance(t, ed.EinsumTerm) and t.target == target and t.operands:
+                ins, out = t.subscripts.split("->")
+                letter_size = {}
+                for sub, ref in zip(ins.split(","), t.operands):
+                    letter_size.update(zip(sub, np.shape(env[ref])))
+                for letter, index in zip(out, t.indices):
+                    index_size[(t.target, index)] = letter_size[letter]
+
+    def size_factor(text):
+        m = re.fullmatch(r"size\((\w+),(\d+)\)", text)
+        if m:
+            return np.shape(env[m.group(1)])[int(m.group(2))]
+        return sizes[re.fullmatch(r"sum_(\w+)\(1\)", text).group(1)]
+
+    for t in listing:
+        if isinstance(t, ed.ElementwiseStep):
+            x = env[t.operand]
+            if t.function == "pow":
+                env[t.target] = x ** (env[t.exponent] if isinstance(t.exponent, str) else t.exponent)
+            else:
+                env[t.target] = _ELEMENTWISE[t.function](x)
+            continue
+        assert t.subscripts.count("->") == 1 or t.subscripts == "", t
+        if t.target not in env:
+            learn_sizes(t.target)
+        value = t.coefficient * np.prod([size_factor(s) for s in t.sizes])
+        if t.operands:
+            value = value * np.einsum(t.subscripts, *[env[r] for r in t.operands])
+        tied = {a: b for a, b in t.diagonal} | {b: a for a, b in t.diagonal}
+
+        def n(index):
+            for key in ((t.target, index), (t.target, tied.get(index))):
+                if key in index_size:
+                    return index_size[key]
+            return sizes[index]
+        letters = {i: chr(ord("a") + k) for k, i in enumerate(t.target_indices)}
+        subs, ops = ["".join(letters[i] for i in t.indices)], [value]
+        covered = set(t.indices)
+        for a, b in t.diagonal:
+            subs.append(letters[a] + letters[b])
+            ops.append(np.eye(n(a)))
+            covered |= {a, b}
+        for i in t.target_indices:
+            if i not in covered:
+                subs.append(letters[i])
+                ops.append(np.ones(n(i)))
+        full = np.einsum(",".join(subs) + "->" + "".join(letters[i] for i in t.target_indices), *ops)
+        env[t.target] = env.get(t.target, 0) + full
+    return env
+
+
+MLP = ("h_ni = tanh(sum_j(W1_ij x_nj) + b1_i); y_nk = sum_i(W2_ki h_ni) + b2_k; "
+       "L = (y_nk - t_nk)^2")
+
+
+@pytest.mark.parametrize("build, shapes, sizes", [
+    (lambda: ed.diff("C_ik = A_ij B_jk", wrt="A_pq"), dict(A=(2, 3), B=(3, 4)), None),
+    (lambda: ed.diff(MLP, wrt="W1_pq"),
+     dict(W1=(6, 3), x=(5, 3), b1=(6,), W2=(2, 6), b2=(2,), t=(5, 2)), None),
+    (lambda: ed.diff("L = log(sum_i(exp(x_i)))", wrt=["x", "x"]), dict(x=(4,)), None),
+    (lambda: ed.diff("y_i = sum_j(x_i)", wrt="x", sizes={"j": 3}), dict(x=(4,)), {"j": 3}),
+    (lambda: ed.diff("y_i = x_i^a", wrt="x"), dict(x=(3,), a=()), None),
+    (lambda: ed.diff("y = 3 + x", wrt="x"), dict(x=()), None),
+    (lambda: ed.vjp("h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2", wrt=["W", "x"]),
+     dict(W=(3, 4), x=(4,), t=(3,), G=()), None),
+])
+def test_einsum_listing_reproduces_evaluate(build, shapes, sizes):
+    """Every subscripts string is a valid np.einsum string (no annotations), every temporary
+    is defined before use (function and power steps are listed), constants carry no einsum."""
+    p = build()
+    r = np.random.default_rng(0)
+    arrays = {k: r.uniform(0.5, 1.5, size=s) for k, s in shapes.items()}
+    want = p.evaluate(**arrays)
+    results = dict(zip(p.outputs, [np.shape(w) for w in (want.values() if isinstance(want, dict) else [want])]))
+    env = _run_listing(p, arrays, sizes, results)
+    if isinstance(want, dict):
+        for name, ref in zip(want, p.outputs):
+            np.testing.assert_allclose(env[ref], want[name], rtol=1e-12, atol=1e-12)
+    else:
+        np.testing.assert_allclose(env[p.outputs[-1]], want, rtol=1e-12, atol=1e-12)
