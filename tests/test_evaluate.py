@@ -234,7 +234,7 @@ def test_temporaries_take_their_consumers_axis_order():
     p = ed.diff("h_ni = tanh(sum_j(W1_ij x_nj) + b1_i); y_nk = sum_i(W2_ki h_ni) + b2_k; "
                 "L = (y_nk - t_nk)^2", wrt="W1_pq")
     for term in p.einsum():
-        if not isinstance(term, ed.EinsumTerm):
+        if not isinstance(term, ed.EinsumTerm) or not term.operands:
             continue
         ins, out = term.subscripts.split("->")
         if len(term.operands) == 1 and term.operands[0].startswith("%"):
