@@ -155,7 +155,10 @@ def analyze(text: str, sizes=None) -> Analysis:
 
     for name, axis, node, n in size_refs:
         if name not in input_ndim or axis >= input_ndim[name][0]:
-            what = (f"'{name}' has {input_ndim[name][0]} axes" if name in input_ndim
+            ndim = input_ndim[name][0] if name in input_ndim else 0
+            axes = ("no axes" if ndim == 0 else "1 axis, axis 0" if ndim == 1
+                    else f"{ndim} axes, 0 to {ndim - 1}")
+            what = (f"'{name}' has {axes}" if name in input_ndim
                     else f"'{name}' is not an input of the program")
             raise syntax_error(text, f"size({name},{axis}): {what}", node.line, node.column)
     unknown = sorted(set(sizes) - index_names)
