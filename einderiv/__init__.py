@@ -9,11 +9,11 @@ import sys as _sys
 
 from .errors import EinderivError, EinderivSyntaxError, IndexSizeError, InputError
 from .evaluate import memory_limit, set_memory_limit
-from .program import Derivative, EinsumTerm, Program, diff, differential, parse, vjp
+from .program import Derivative, EinsumTerm, ElementwiseStep, Program, diff, differential, parse, vjp
 from .explain import explain, matrix_form
 
 __all__ = [
-    "parse", "diff", "differential", "vjp", "explain", "matrix_form", "Program", "Derivative", "EinsumTerm",
+    "parse", "diff", "differential", "vjp", "explain", "matrix_form", "Program", "Derivative", "EinsumTerm", "ElementwiseStep",
     "EinderivError", "EinderivSyntaxError", "IndexSizeError", "InputError",
     "set_memory_limit", "memory_limit", "__version__",
 ]

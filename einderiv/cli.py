@@ -7,6 +7,7 @@ on stderr and exits 2, never with a traceback; ``check`` exits 1 on a mismatch.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -169,15 +170,33 @@ def _render(program, to: str) -> str:
     if to == "latex":
         return program.latex()
     if to == "einsum":
-        lines = []
-        for t in program.einsum():
-            coeff = "" if t.coefficient == 1 else f"{t.coefficient:g} * "
-            lines.append(f"{t.target} += {coeff}einsum('{t.subscripts}', {', '.join(t.operands)})")
-        return "\n".join(lines)
+        return "\n".join(_einsum_line(t) for t in program.einsum())
     if to == "matrix":
         from .export.matrix import matrix_form
         return str(matrix_form(program))
     return program.to_source(to).rstrip("\n")
+
+
+def _einsum_line(t) -> str:
+    """``target_ik += 2 * einsum('ab,bc->ac', A, B)  # axes i k``, a function step as
+    ``%t2 = tanh(%t1)``, a constant term as ``target += 1``."""
+    from .export.text import format_indices
+    if not hasattr(t, "subscripts"):
+        if t.function == "pow":
+            exponent = t.exponent if isinstance(t.exponent, str) else f"{t.exponent:g}"
+            return f"{t.target} = {t.operand} ** {exponent}"
+        return f"{t.target} = {t.function}({t.operand})"
+    factors = [f"{t.coefficient:g}"] if t.coefficient != 1 or not (t.operands or t.sizes) else []
+    factors += list(t.sizes)
+    if t.operands:
+        factors.append(f"einsum('{t.subscripts}', {', '.join(t.operands)})")
+    line = f"{t.target}{format_indices(t.target_indices)} += {' * '.join(factors)}"
+    notes = []
+    if t.operands and t.indices != t.target_indices:
+        notes.append("axes " + (" ".join(t.indices) or "none"))
+    if t.diagonal:
+        notes.append("on the diagonal " + ", ".join(f"{a}={b}" for a, b in t.diagonal))
+    return line + ("  # " + "; ".join(notes) if notes else "")
 
 
 def cmd_diff(args):
@@ -231,8 +250,27 @@ def cmd_check(args):
     d = ed.diff(src, wrt=wrt, of=args.of, layout=layout, sizes=sizes)
     d_num = ed.diff(src, wrt=wrt, of=args.of, layout="numerator", sizes=sizes)
     shapes = input_shapes(program, sizes)
+    _check_input_bytes(shapes)
     rng = np.random.default_rng(args.seed)
     arrays = {n: rng.uniform(0.5, 1.5, size=s) for n, s in shapes.items()}
+    with np.errstate(all="ignore"):     # a NaN is reported below, with a hint
+        return _compare(args, src, wrt, sizes, d, d_num, shapes, arrays)
+
+
+def _check_input_bytes(shapes):
+    """Refuse --sizes whose random float64 inputs would not fit under the memory limit."""
+    from .evaluate import _human, memory_limit
+    need = sum(math.prod(s) for s in shapes.values()) * 8
+    if need > memory_limit():
+        shown = ", ".join(f"{n}{list(s)}" for n, s in shapes.items())
+        raise UserError(f"--sizes: the random inputs {shown} would need {_human(need)}, above the "
+                        f"memory limit of {_human(memory_limit())}; choose smaller sizes")
+
+
+def _compare(args, src, wrt, sizes, d, d_num, shapes, arrays):
+    """Print the derivative and its agreement with central finite differences."""
+    import einderiv as ed
+    from .parser import split_tensor
     analytic = np.asarray(d.evaluate(**arrays), dtype=np.float64)
     # finite differences of the (n-1)-th derivative with respect to the n-th variable
     if len(wrt) == 1:
@@ -257,6 +295,9 @@ def cmd_check(args):
     max_rel = max_abs / scale if scale > 0 else max_abs
     ok = bool(np.all(err <= args.atol + args.rtol * np.abs(numeric)))
     print(f"max abs error {max_abs:.3g}, max rel error {max_rel:.3g}: {'OK' if ok else 'MISMATCH'}")
+    if np.isnan(analytic).any() or np.isnan(numeric).any():
+        print("some values are NaN: the random inputs lie in [0.5, 1.5], which may be outside "
+              "the domain of a function of the formula (log, sqrt, a power of a negative number)")
     return 0 if ok else 1
 
 
@@ -313,6 +354,14 @@ COMMANDS = {"diff": cmd_diff, "differential": cmd_differential, "vjp": cmd_vjp,
 
 def main(argv=None) -> int:
     from .errors import EinderivError
+    for stream in (sys.stdout, sys.stderr):
+        # δ, ∂ and ᵀ on a console without them (cp1252) print as '?' instead of failing
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="replace")
+            except (ValueError, OSError):  # pragma: no cover - a stream that cannot change
+                pass
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

@@ -279,9 +279,15 @@ def set_memory_limit(max_bytes):
     """Refuse evaluations whose arrays would need more than ``max_bytes`` (None: automatic,
     half of the memory available when the plan is compiled)."""
     global _MEMORY_LIMIT
-    if max_bytes is not None and (not isinstance(max_bytes, (int, float)) or max_bytes <= 0):
-        raise EinderivError(f"a memory limit must be a positive number of bytes, got {max_bytes!r}")
+    if max_bytes is not None:
+        check_memory_limit(max_bytes)
     _MEMORY_LIMIT = max_bytes
+
+
+def check_memory_limit(max_bytes):
+    """Refuse anything but a positive number of bytes (``set_memory_limit``, ``max_bytes=``)."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, float)) or not max_bytes > 0:
+        raise EinderivError(f"a memory limit must be a positive number of bytes, got {max_bytes!r}")
 
 
 def memory_limit() -> int:
@@ -323,10 +329,10 @@ def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict,
     for index, n in sizes.items():
         targets = [d for d in (output_dims or {}).get(index, ())] if output_dims else []
         targets += [d for d, group in members.items()
-                    if d not in targets and any(t == "sizes" and i == index for t, _, i, _ in group)]
+                    if d not in targets and any(i == index for _, _, i, _ in group)]
         if not targets:
             if strict is None or index in strict:
-                raise IndexSizeError(f"sizes gives index '{index}', which the result does not use")
+                raise IndexSizeError(f"sizes gives index '{index}', which the formula does not use")
             continue
         for d in targets:
             if d in dim_size and dim_size[d] != n:

@@ -14,17 +14,27 @@ import numpy as np
 from . import simplify as S
 from .diff import delta_seed, derive, rename_result
 from .errors import EinderivError, IndexSizeError, InputError
-from .evaluate import compile_plan, lower, memory_limit, resolve_sizes
+from .evaluate import check_memory_limit, compile_plan, lower, memory_limit, resolve_sizes
 from .export.text import format_indices, format_statement
 from .ir import Expr, Tensor, Term, fresh_index, rename_expr, tensor_names
 from .parser import split_tensor, _Fail, _IDENT
 from .semantics import Analysis, Statement, analyze
 
-__all__ = ["Program", "Derivative", "EinsumTerm", "parse", "diff", "differential", "vjp"]
+__all__ = ["Program", "Derivative", "EinsumTerm", "ElementwiseStep", "parse", "diff", "differential", "vjp"]
 
-EinsumTerm = namedtuple("EinsumTerm", "target subscripts operands coefficient")
+# target[target_indices] += coefficient · Π sizes · einsum(subscripts, *operands), whose axes
+# are ``indices``: broadcast along the other target axes, and written only where the index
+# pairs of ``diagonal`` are equal (a Kronecker δ). A constant term has no operands and
+# subscripts ''. ``sizes`` are size factors as the text form writes them (size(A,1), sum_j(1)).
+EinsumTerm = namedtuple("EinsumTerm", "target subscripts operands coefficient indices "
+                        "target_indices diagonal sizes", defaults=((), (), (), ()))
+# target = function(operand), or operand ** exponent (function "pow"), elementwise
+ElementwiseStep = namedtuple("ElementwiseStep", "target function operand exponent")
 
 WRT_LETTERS = "pqrstuvwxyzabcdefghijklmno"
+
+_OPTIONS = frozenset(("sizes", "backend", "max_bytes"))     # evaluate's keywords
+_BACKENDS = ("numpy", "torch", "jax", "dask")
 
 
 class Program:
@@ -89,13 +99,24 @@ class Program:
         return program_latex(self)
 
     def einsum(self) -> list:
-        """Every term as an einsum: (target, subscripts, operand names, coefficient)."""
-        from .evaluate import ExprStep
+        """The steps evaluate runs, in order: every term as an ``EinsumTerm`` (a valid
+        ``np.einsum`` subscripts string, operand names, coefficient, δ diagonal, size factors),
+        and every elementwise function or power that defines a temporary as an
+        ``ElementwiseStep``.
+
+        >>> ed.diff("C_ik = A_ij B_jk", wrt="A_pq").einsum()[0].subscripts
+        'ab->ba'
+        """
+        from .evaluate import ExprStep, FuncStep
         out = []
         for step in self._lowered().steps:
             if isinstance(step, ExprStep):
                 for term in step.terms:
-                    out.append(_einsum_term(step, term))
+                    out.append(_einsum_term(step, term, self._members))
+            elif isinstance(step, FuncStep):
+                out.append(ElementwiseStep(step.target, step.func, step.source, None))
+            else:
+                out.append(ElementwiseStep(step.target, "pow", step.source, step.exponent))
         return out
 
     def to_source(self, target="numpy", name="derivative", shapes=None) -> str:
@@ -113,15 +134,24 @@ class Program:
             self._plan = lower(self.statements, set(self.outputs), self._inputs)
         return self._plan
 
-    def evaluate(self, sizes=None, backend="numpy", max_bytes=None, **arrays):
+    def evaluate(self, /, *args, **kwargs):
         """The output's value for these input arrays (a dict for several outputs).
+
+        Arrays by keyword, or as one dict (``evaluate({"A": a, "B": b})``); the options are
+        ``sizes={"j": 5}``, ``backend="numpy" | "torch" | "jax" | "dask"`` and ``max_bytes=``.
+        A keyword that names an input is that array, even ``backend`` or ``sizes``; pass the
+        arrays as a dict to give the option of the same name too.
 
         >>> ed.parse("C_ik = A_ij B_jk").evaluate(A=np.ones((2, 3)), B=np.ones((3, 4))).shape
         (2, 4)
         """
+        if args or not _OPTIONS.isdisjoint(kwargs):
+            arrays, sizes, backend, max_bytes = self._arguments(args, kwargs)
+        else:
+            arrays, sizes, backend, max_bytes = kwargs, None, "numpy", None
         # a plan is reused for the same backend, array types, shapes and dtypes; anything but
         # plain ndarrays on the numpy backend (lists, np.matrix, torch tensors) is converted
-        # by _prepare on every call
+        # by _prepare on every call, and every call on the other backends
         compiled = None
         if sizes is None and max_bytes is None:
             try:
@@ -133,21 +163,54 @@ class Program:
         else:
             key = None
         if compiled is None:
-            arrays = self._prepare(arrays, backend)
-            compiled = self._compile(arrays, sizes, backend, max_bytes)
+            arrays, dtype = self._prepare(arrays, backend)
+            compiled = self._compile(arrays, sizes, backend, max_bytes, dtype)
             if key is not None and (backend != "numpy"
                                     or all(t is np.ndarray for _, t, _, _ in key[1])):
                 self._compiled[key] = compiled
         elif backend == "numpy":
             if compiled.cast:
                 arrays = {k: np.asarray(v, dtype=compiled.dtype) for k, v in arrays.items()}
+        else:
+            arrays, _ = self._prepare(arrays, backend)
         env = compiled(arrays)          # our own dict (keyword arguments): temporaries go in
         if compiled.single is not None:
             return env[compiled.single]
         return {self._result_keys.get(name, name) if self._result_keys else name: env[ref]
                 for name, (ref, _) in compiled.outputs.items()}
 
+    def _arguments(self, args, kwargs):
+        """Split evaluate's arguments into (arrays, sizes, backend, max_bytes)."""
+        if len(args) > 1 or (args and not isinstance(args[0], dict)):
+            shown = ", ".join(f"{n}=..." for n in self._inputs) or "no arrays"
+            raise InputError(f"evaluate takes the arrays by keyword, evaluate({shown}), or as one "
+                             f"dict; got {len(args)} positional argument{'s' if len(args) > 1 else ''}")
+        if args:
+            arrays, options = dict(args[0]), kwargs
+            unknown = [k for k in options if k not in _OPTIONS]
+            if unknown:
+                raise InputError(f"with a dict of arrays the keywords are options "
+                                 f"({', '.join(sorted(_OPTIONS))}); got {', '.join(unknown)}: put "
+                                 f"every array in the dict")
+        else:
+            arrays = {k: v for k, v in kwargs.items() if k in self._inputs or k not in _OPTIONS}
+            options = {k: v for k, v in kwargs.items() if k not in arrays}
+        backend = options.get("backend", "numpy")
+        if backend not in _BACKENDS:
+            raise EinderivError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}, "
+                                f"got {backend!r}")
+        if backend != "numpy":
+            import importlib.util
+            if importlib.util.find_spec(backend) is None:
+                raise EinderivError(f"backend '{backend}' is not installed")
+        max_bytes = options.get("max_bytes")
+        if max_bytes is not None:
+            check_memory_limit(max_bytes)
+        return arrays, options.get("sizes"), backend, max_bytes
+
     def _prepare(self, arrays, backend):
+        """The arrays checked and converted to the backend's arrays of one real dtype: the
+        numpy result type of the inputs, integers and booleans promoted to float64."""
         missing = [n for n in self._inputs if n not in arrays]
         if missing:
             raise InputError(f"missing input array{'s' if len(missing) > 1 else ''}: "
@@ -156,27 +219,27 @@ class Program:
         if extra:
             raise InputError(f"unexpected input{'s' if len(extra) > 1 else ''}: {', '.join(extra)} "
                              f"(the inputs are {', '.join(self._inputs) or 'none'})")
-        out = {}
+        out, dtypes = {}, []
         for name, value in arrays.items():
-            if backend == "numpy":
-                try:
-                    value = np.asarray(value)
-                except Exception as err:  # noqa: BLE001 - any conversion failure is a user error
-                    raise InputError(f"input '{name}' is not an array: {err}") from None
-                if value.dtype.kind == "c":
-                    raise InputError(f"input '{name}' is complex; einderiv evaluates real arrays only")
-                if value.dtype.kind not in "fiub":
-                    raise InputError(f"input '{name}' has dtype {value.dtype}, not a real number type")
-            shape = tuple(getattr(value, "shape", ()))
+            value, dtype = _as_backend_array(name, value, backend)
+            shape = tuple(value.shape)
             ndim = len(self._inputs[name])
             if len(shape) != ndim:
                 raise InputError(f"input '{name}' has {len(shape)} ax{'i' if len(shape) == 1 else 'e'}s "
                                  f"(shape {shape}) but the formula uses it with {ndim} "
                                  f"ind{'ex' if ndim == 1 else 'ices'}")
             out[name] = value
-        return out
+            dtypes.append(dtype)
+        dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
+        if dtype.kind in "iub":
+            dtype = np.dtype(np.float64)
+        if backend != "numpy":
+            for (name, value), dt in zip(out.items(), dtypes):
+                if dt != dtype:
+                    out[name] = _astype(value, dtype, backend)
+        return out, dtype
 
-    def _compile(self, arrays, sizes, backend, max_bytes):
+    def _compile(self, arrays, sizes, backend, max_bytes, dtype):
         from .semantics import _check_sizes_arg
         given = _check_sizes_arg(sizes)
         sizes = {**self._sizes, **given}
@@ -188,34 +251,14 @@ class Program:
                 output_dims.setdefault(index, []).append(dim)
         dim_size = resolve_sizes(self._inputs, self._members, shapes, sizes, output_dims,
                                  strict=set(given))
-        if backend == "numpy":
-            dtypes = [a.dtype for a in arrays.values()]
-            dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
-            if dtype.kind in "iub":
-                dtype = np.dtype(np.float64)
-        else:
-            dtype = np.float64
-            for a in arrays.values():
-                dt = getattr(a, "dtype", None)
-                try:
-                    dtype = np.dtype(str(dt).replace("torch.", ""))
-                    break
-                except TypeError:
-                    continue
         unsized = getattr(getattr(self, "_analysis", None), "unsized", None) or {}
         for d in list(self._members) + [d for st in self.statements for d in st.dims]:
             if d not in dim_size:
-                index, name, line = unsized.get(d, (d.lstrip("="), None, None))
+                shown = next((i for _, _, i, _ in self._members.get(d, ())), d.lstrip("="))
+                index, name, line = unsized.get(d, (shown, None, None))
                 where = f"line {line}: index '{index}' of '{name}'" if name else f"index '{index}'"
                 raise IndexSizeError(f"{where} has no size: no input tensor carries it; "
                                      f"give it with sizes={{'{index}': n}}")
-        if backend not in ("numpy", "torch", "jax", "dask"):
-            import importlib
-            try:
-                importlib.import_module(backend.split(".")[0])
-            except (ImportError, ValueError):
-                raise EinderivError(f"backend '{backend}' is not installed (numpy, torch, jax and "
-                                    "dask are supported; others that opt_einsum knows work too)") from None
         limit = max_bytes if max_bytes is not None else memory_limit()
         compiled = compile_plan(self._lowered(), dim_size, dtype, backend, limit)
         compiled.cast = backend == "numpy" and any(a.dtype != dtype for a in arrays.values())
@@ -229,18 +272,71 @@ class Program:
         return matrix_form(self)
 
 
-def _einsum_term(step, term):
+def _einsum_term(step, term, members):
     from .evaluate import _subscripts
+    from .export.text import format_factor
+    from .ir import Size
     order = step.order
     operands = list(term.operands)
-    coeff = term.coeff
-    subs = _subscripts(operands, [i for i in order if any(i in idx for _, idx in operands)]) if operands else "->"
-    names = tuple(ref for ref, _ in operands)
-    if term.deltas:
-        subs += "  (into the diagonal " + ", ".join(f"{a}={b}" for a, b in term.deltas) + ")"
-    if term.sizes:
-        subs += "  (times " + " ".join(f"n({d.lstrip('=')})" for d in term.sizes) + ")"
-    return EinsumTerm(step.target, subs, names, coeff)
+    indices = tuple(i for i in order if any(i in idx for _, idx in operands))
+    subs = _subscripts(operands, indices) if operands else ""
+    sizes = tuple(format_factor(Size(d), set()) for d in term.sizes)
+    return EinsumTerm(step.target, subs, tuple(ref for ref, _ in operands), term.coeff,
+                      indices, tuple(order), tuple(term.deltas), sizes)
+
+
+def _numpy_input(name, value):
+    """``value`` as a numpy array of a real number type, else InputError."""
+    try:
+        value = np.asarray(value)
+    except Exception as err:  # noqa: BLE001 - any conversion failure is a user error
+        raise InputError(f"input '{name}' is not an array: {err}") from None
+    _check_dtype(name, value.dtype)
+    return value
+
+
+def _check_dtype(name, dtype):
+    if dtype.kind == "c":
+        raise InputError(f"input '{name}' is complex; einderiv evaluates real arrays only")
+    if dtype.kind not in "fiub":
+        raise InputError(f"input '{name}' has dtype {dtype}, not a real number type")
+
+
+def _as_backend_array(name, value, backend):
+    """(the backend's array, its numpy dtype): lists and arrays of other libraries are
+    converted, so the result is the backend's array; complex and non-numeric inputs refused."""
+    if backend == "numpy":
+        value = _numpy_input(name, value)
+        return value, value.dtype
+    if backend == "torch":
+        import torch
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(_numpy_input(name, value))
+        try:
+            dtype = np.dtype(str(value.dtype).replace("torch.", ""))
+        except TypeError:
+            raise InputError(f"input '{name}' has dtype {value.dtype}, which einderiv does not "
+                             "evaluate (float16, float32 and float64 it does)") from None
+    elif backend == "jax":
+        import jax
+        import jax.numpy as jnp
+        if not isinstance(value, jax.Array):
+            value = jnp.asarray(_numpy_input(name, value))
+        dtype = np.dtype(value.dtype)
+    else:
+        import dask.array as da
+        if not isinstance(value, da.Array):
+            value = da.asarray(_numpy_input(name, value))
+        dtype = np.dtype(value.dtype)
+    _check_dtype(name, dtype)
+    return value, dtype
+
+
+def _astype(value, dtype, backend):
+    if backend == "torch":
+        import torch
+        return value.to(getattr(torch, dtype.name))
+    return value.astype(dtype)
 
 
 class Derivative(Program):
@@ -443,6 +539,8 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
         current = _jacobian_pass(current, chain, name, private, dims, derived, inputs, members,
                                  program_names)
     result = rename_expr(current, renames)
+    members = {d: [(t, a, renames.get(i, i), line) for t, a, i, line in group]
+               for d, group in members.items()}
     result = S.factor_common(fold_intermediates(result, list(statements.values())))
     order = _layout_order(layout, out_idx, wrt_user_idx)
     dim_map = result.dim_map
@@ -566,6 +664,15 @@ def _derivative_label(of, out_idx, names, idx_lists):
     return f"d{sup}{of}{format_indices(out_idx)}/{den}"
 
 
+def _axis_index(members, dim, tensor, axis, default):
+    """The index name the formula gives ``tensor``'s axis ``axis`` (for messages and the
+    docstrings of exported code: never the internal dimension name)."""
+    for t, a, index, _ in members.get(dim, ()):
+        if t == tensor and a == axis:
+            return index
+    return default
+
+
 def _jacobian_pass(current, statements, name, private, dims, derived, inputs, members,
                    program_names=frozenset()):
     """One derivative with respect to ``name`` (indices ``private``), the chain rule through
@@ -594,8 +701,10 @@ def _jacobian_pass(current, statements, name, private, dims, derived, inputs, me
             if jac not in inputs:
                 inputs[jac] = tuple(inputs.get(t.name, t.dims)) + tuple(dims)
                 base = inputs.get(t.name, t.dims)
+                shown = [_axis_index(members, d, t.name, axis, i)
+                         for axis, (d, i) in enumerate(zip(base, t.indices))] + list(private)
                 for axis, d in enumerate(tuple(base) + tuple(dims)):
-                    members.setdefault(d, []).append((jac, axis, d, None))
+                    members.setdefault(d, []).append((jac, axis, shown[axis], None))
                 new_derived[jac] = name
             idx = t.indices + private
             dd = dict(zip(t.indices, t.dims))
@@ -633,7 +742,7 @@ def differential(src, of=None, sizes=None) -> Program:
     for n, dims in analysis.inputs.items():
         inputs["d" + n] = dims
         for axis, d in enumerate(dims):
-            members.setdefault(d, []).append(("d" + n, axis, d, None))
+            members.setdefault(d, []).append(("d" + n, axis, _axis_index(members, d, n, axis, d), None))
     nonzero = set()
 
     def seed(t: Tensor):

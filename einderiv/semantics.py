@@ -155,7 +155,10 @@ def analyze(text: str, sizes=None) -> Analysis:
 
     for name, axis, node, n in size_refs:
         if name not in input_ndim or axis >= input_ndim[name][0]:
-            what = (f"'{name}' has {input_ndim[name][0]} axes" if name in input_ndim
+            ndim = input_ndim[name][0] if name in input_ndim else 0
+            axes = ("no axes" if ndim == 0 else "1 axis, axis 0" if ndim == 1
+                    else f"{ndim} axes, 0 to {ndim - 1}")
+            what = (f"'{name}' has {axes}" if name in input_ndim
                     else f"'{name}' is not an input of the program")
             raise syntax_error(text, f"size({name},{axis}): {what}", node.line, node.column)
     unknown = sorted(set(sizes) - index_names)
@@ -182,15 +185,18 @@ def analyze(text: str, sizes=None) -> Analysis:
     for key in list(uf.parent):
         if key[0] == "I" and key[2] in sizes:  # within one statement, one dimension, one size
             given.setdefault((key[1], reps[uf.find(key)]), {})[key[2]] = sizes[key[2]]
-    for (_, dim_name), named in given.items():
+    for (n, dim_name), named in given.items():
         if len(set(named.values())) > 1:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(named.items()))
-            raise IndexSizeError(f"sizes gives {shown}, but these indices run along one "
-                                 f"dimension ({dim_name.lstrip('=')}), so they need one size")
-    # sizes= names the dimensions no input carries; an index an array carries is checked
-    # against the array when it is an index of the result (at evaluate)
+            axes = [f"axis {axis} of {name} ({index})" for name, axis, index, _ in
+                    members.get(dim_name, ()) if index in named]
+            tie = ("; they meet on " + ", ".join(dict.fromkeys(axes))) if axes else " (through a δ)"
+            raise IndexSizeError(f"line {stmts[n].line}: sizes gives {shown}, but these indices "
+                                 f"run along one dimension{tie}, so they need one size")
+    # sizes= names the dimensions no input carries, and is checked at evaluate against the
+    # arrays along every dimension it names
     for key in list(uf.parent):
-        if key[0] == "I" and key[2] in sizes and reps[uf.find(key)].startswith("="):
+        if key[0] == "I" and key[2] in sizes:
             entry = ("sizes", None, key[2], None)
             group = members.setdefault(reps[uf.find(key)], [])
             if entry not in group:

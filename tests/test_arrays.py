@@ -242,3 +242,60 @@ def test_set_memory_limit_is_global_and_restorable():
 def test_small_evaluations_pass_the_guard():
     got = ed.parse(MATMUL).evaluate(A=_ones(2, 3), B=_ones(3, 4), max_bytes=10_000)
     np.testing.assert_array_equal(got, np.full((2, 4), 3.0))
+
+
+# ---------------------------------------------------------------------------
+# the same dtype rules and array types on every backend
+# ---------------------------------------------------------------------------
+
+def _backend(name):
+    if name == "torch":
+        return pytest.importorskip("torch")
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    return jax.numpy
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_complex_inputs_raise_on_every_backend(backend):
+    """jax and torch used to accept complex inputs (abs' at 1+1j gave 0.707+0.707j)."""
+    lib = _backend(backend)
+    x = lib.tensor([1 + 1j]) if backend == "torch" else lib.array([1 + 1j])
+    with pytest.raises(ed.InputError, match="complex"):
+        ed.diff("y_i = abs(x_i)", wrt="x").evaluate(x=x, backend=backend)
+    with pytest.raises(ed.InputError, match="complex"):
+        ed.parse("y_i = x_i").evaluate(x=np.array([1 + 1j]), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("dtypes, want", [
+    (("int64", "bool"), "float64"), (("int32", "int32"), "float64"),
+    (("float32", "float32"), "float32"), (("float32", "float64"), "float64"),
+])
+def test_dtypes_follow_the_numpy_rules_on_every_backend(backend, dtypes, want):
+    """Integers and booleans promote to float64, float32 stays, mixed inputs follow
+    numpy.result_type — as on the numpy backend (torch kept int64 and bool before)."""
+    lib = _backend(backend)
+    A, B = np.ones((2, 3), dtype=dtypes[0]), np.ones((3, 4), dtype=dtypes[1])
+    convert = (lambda a: lib.as_tensor(a)) if backend == "torch" else (lambda a: lib.asarray(a))
+    for _ in range(2):      # the second call goes through the cached plan
+        got = ed.parse(MATMUL).evaluate(A=convert(A), B=convert(B), backend=backend)
+        assert str(got.dtype).replace("torch.", "") == want
+        assert ed.parse(MATMUL).evaluate(A=A, B=B).dtype == np.dtype(want)
+        np.testing.assert_array_equal(np.asarray(got), np.full((2, 4), 3.0))
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_numpy_inputs_give_the_backends_arrays(backend):
+    """SPEC §4: evaluate(backend=...) returns that library's arrays, also for numpy or list
+    inputs (numpy inputs used to give numpy results; a list with torch 'had 0 axes')."""
+    lib = _backend(backend)
+    array_type = lib.Tensor if backend == "torch" else __import__("jax").Array
+    d = ed.diff("C_ik = A_ij B_jk", wrt="A")
+    A, B = np.arange(6.0).reshape(2, 3), np.arange(12.0).reshape(3, 4)
+    for _ in range(2):
+        got = d.evaluate(A=A, B=B.tolist(), backend=backend)
+        assert isinstance(got, array_type)
+        np.testing.assert_allclose(np.asarray(got), d.evaluate(A=A, B=B), rtol=1e-12)
+    got = ed.parse("y_i = x_i").evaluate(x=[1.0, 2.0], backend=backend)
+    assert isinstance(got, array_type) and tuple(got.shape) == (2,)

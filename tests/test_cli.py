@@ -144,6 +144,8 @@ BAD = [
     (["explain", "C_ik = A_ij B_jk", "--wrt", "A_pqr"], "A"),
     (["differential", "C_ik = A_ij B_j"], "k"),
     (["bogus"], "invalid choice"),
+    (["check", "C_ik = A_ij B_jk", "--wrt", "A", "--sizes", "i=99999999999999999999999"],
+     "above the memory limit"),
 ]
 
 
@@ -228,3 +230,29 @@ def test_exported_code_runs_standalone(tmp_path, target, formula, wrt):
     assert p.returncode == 0, p.stderr[-2000:]
     got = np.load(tmp_path / "out.npy")
     np.testing.assert_allclose(got, d.evaluate(**arrays), rtol=1e-10, atol=1e-12)
+
+
+def test_a_console_without_unicode_gets_replacement_characters():
+    """A cp1252 stdout (a Windows console) used to end in an internal error (exit 3)."""
+    env = {**ENV, "PYTHONIOENCODING": "cp1252"}
+    r = subprocess.run([sys.executable, "-m", "einderiv.cli", "diff", "C_ik = A_ij B_jk", "--wrt",
+                        "A_pq"], capture_output=True, env=env, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode("cp1252").strip() == "dC_ik/dA_pq = ?_ip B_qk"
+
+
+def test_check_outside_a_domain_gives_a_hint_and_no_warnings():
+    r = run("check", "L = sqrt(x_i - 1)", "--wrt", "x")
+    assert r.returncode == 1
+    assert "MISMATCH" in r.stdout and "outside the domain" in r.stdout
+    assert "RuntimeWarning" not in r.stderr
+
+
+def test_einsum_listing_defines_every_temporary():
+    r = run("diff", "h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2", "--wrt", "W", "--to", "einsum")
+    assert r.returncode == 0, r.stderr
+    assert "%t2 = tanh(%t1)\n" in r.stdout and "%t3 = h ** 2\n" in r.stdout
+    r = run("diff", "C_ik = A_ij B_jk", "--wrt", "A_pq", "--to", "einsum")
+    assert r.stdout == "∂C_ikpq += einsum('ab->ba', B)  # axes k q; on the diagonal i=p\n"
+    r = run("diff", "y = 3 + x", "--wrt", "x", "--to", "einsum")
+    assert r.stdout == "∂y += 1\n"

@@ -234,6 +234,8 @@ def test_temporaries_take_their_consumers_axis_order():
     p = ed.diff("h_ni = tanh(sum_j(W1_ij x_nj) + b1_i); y_nk = sum_i(W2_ki h_ni) + b2_k; "
                 "L = (y_nk - t_nk)^2", wrt="W1_pq")
     for term in p.einsum():
+        if not isinstance(term, ed.EinsumTerm) or not term.operands:
+            continue
         ins, out = term.subscripts.split("->")
         if len(term.operands) == 1 and term.operands[0].startswith("%"):
             assert ins == out, term
@@ -280,3 +282,183 @@ def test_multistep_contraction_with_a_scaled_operand():
     want = 2.5 * np.einsum("ij,jk,kl->il", A, B, C)
     for _ in range(2):
         np.testing.assert_allclose(p.evaluate(A=A, B=B, C=C), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("build, arrays, where", [
+    (lambda: ed.parse("L = x_j z_j", sizes={"j": 5}), dict(x=np.ones(3), z=np.ones(3)), "x has size 3"),
+    (lambda: ed.parse("C_ik = A_ij B_jk", sizes={"j": 5}),
+     dict(A=np.ones((2, 3)), B=np.ones((3, 4))), "A has size 3"),
+    (lambda: ed.diff("C_ik = A_ij B_jk", wrt="A", sizes={"j": 5}),
+     dict(A=np.ones((2, 3)), B=np.ones((3, 4))), "A has size 3"),
+    (lambda: ed.parse("L = x_j z_j"), dict(x=np.ones(3), z=np.ones(3), sizes={"j": 5}), "x has size 3"),
+])
+def test_sizes_of_a_summed_index_are_checked_against_the_arrays(build, arrays, where):
+    """sizes= for a summed index that contradicts the arrays is an error naming the index,
+    both sizes and the tensor (it used to be ignored: x_j z_j gave 3.0)."""
+    with pytest.raises(ed.IndexSizeError, match=f"index 'j' size 5, but {where}"):
+        build().evaluate(**arrays)
+
+
+def test_sizes_that_agree_with_the_arrays_are_accepted():
+    p = ed.parse("L = x_j z_j", sizes={"j": 3})
+    assert p.evaluate(x=np.ones(3), z=np.ones(3)) == 3.0
+    assert p.evaluate(x=np.ones(3), z=np.ones(3), sizes={"j": 3}) == 3.0
+
+
+@pytest.mark.parametrize("src, kw, arrays, want", [
+    ("C_ik = A_ij B_jk", dict(wrt="X_pq", depends={"A": "X", "B": "X"}),
+     dict(A=np.ones((2, 3)), B=np.ones((3, 4)), dAdX=np.ones((2, 3, 2, 5)), dBdX=np.ones((3, 4, 2, 2))),
+     "index 'q' has size 5 in dAdX (axis 3) but 2 in dBdX (axis 3)"),
+    ("C_ik = A_ij B_jk", dict(wrt="X_pq", depends={"A": "X"}),
+     dict(A=np.ones((2, 3)), B=np.ones((3, 4)), dAdX=np.ones((3, 3, 2, 2))),
+     "index 'i' has size 2 in A (axis 0) but 3 in dAdX (axis 0)"),
+])
+def test_size_errors_of_jacobian_inputs_name_user_indices(src, kw, arrays, want):
+    with pytest.raises(ed.IndexSizeError) as err:
+        ed.diff(src, **kw).evaluate(**arrays)
+    assert str(err.value) == want
+
+
+# --- evaluate's arguments: arrays by keyword or as one dict, options by name ----------------
+
+@pytest.mark.parametrize("name", ["backend", "self", "sizes"])
+def test_any_tensor_name_is_an_array_keyword(name):
+    """A tensor named like one of evaluate's parameters is passed by keyword like any other
+    (these used to raise TypeError or 'missing input')."""
+    p = ed.parse(f"y_i = {name}_i x_i")
+    got = p.evaluate(**{name: np.arange(2.0), "x": np.full(2, 3.0)})
+    np.testing.assert_array_equal(got, [0.0, 3.0])
+
+
+def test_a_dict_of_arrays_leaves_the_keywords_to_the_options():
+    p = ed.parse("y_i = backend_i x_i")
+    arrays = {"backend": np.arange(2.0), "x": np.full(2, 3.0)}
+    np.testing.assert_array_equal(p.evaluate(arrays), [0.0, 3.0])
+    with pytest.raises(ed.EinderivError, match="memory limit of 1 B"):
+        p.evaluate(arrays, max_bytes=1)
+    with pytest.raises(ed.InputError, match="the keywords are options .* got x: put every array"):
+        ed.parse("y_i = z_i x_i").evaluate({"z": np.ones(2)}, x=np.ones(2))
+
+
+def test_positional_arrays_are_refused_with_a_hint():
+    """evaluate(A, B) used to take A as sizes= and report A and B missing."""
+    with pytest.raises(ed.InputError, match=r"by keyword, evaluate\(A=\.\.\., B=\.\.\.\).*2 positional"):
+        ed.parse("C_ik = A_ij B_jk").evaluate(np.ones((2, 3)), np.ones((3, 4)))
+
+
+@pytest.mark.parametrize("backend", [None, "foo", "math", 3])
+def test_unknown_backend_is_an_einderiv_error(backend):
+    with pytest.raises(ed.EinderivError, match="backend must be one of 'numpy', 'torch'"):
+        ed.parse("y_i = x_i").evaluate(x=np.ones(3), backend=backend)
+
+
+@pytest.mark.parametrize("bad", [-1, 0, "1GB", True, float("nan")])
+def test_max_bytes_is_checked_like_set_memory_limit(bad):
+    with pytest.raises(ed.EinderivError, match="positive number of bytes"):
+        ed.parse("y_i = x_i").evaluate(x=np.ones(3), max_bytes=bad)
+    with pytest.raises(ed.EinderivError, match="positive number of bytes"):
+        ed.set_memory_limit(bad)
+
+
+# --- einsum(): the listing is executable ---------------------------------------------------
+
+_ELEMENTWISE = {"tanh": np.tanh, "exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos,
+                "sqrt": np.sqrt, "abs": np.abs, "sign": np.sign}
+
+
+def _run_listing(program, arrays, sizes=None, results=None):
+    """Execute program.einsum() with np.einsum and numpy ufuncs only: each term written into
+    its target through identity matrices for δ pairs and ones for broadcast axes (an
+    independent reading of the record's fields). ``results``: the shapes of the results, for
+    axes that only a δ or a broadcast gives."""
+    import re
+    env = dict(arrays)
+    listing = program.einsum()
+    index_size = {}
+    for t in listing:
+        if isinstance(t, ed.EinsumTerm) and t.target in (results or {}):
+            index_size.update({(t.target, i): n for i, n in zip(t.target_indices, results[t.target])})
+
+    def learn_sizes(target):
+        """Sizes of a target's indices from the operands of all its terms (defined by now)."""
+        for t in listing:
+            if isinstance(t, ed.EinsumTerm) and t.target == target and t.operands:
+                ins, out = t.subscripts.split("->")
+                letter_size = {}
+                for sub, ref in zip(ins.split(","), t.operands):
+                    letter_size.update(zip(sub, np.shape(env[ref])))
+                for letter, index in zip(out, t.indices):
+                    index_size[(t.target, index)] = letter_size[letter]
+
+    def size_factor(text):
+        m = re.fullmatch(r"size\((\w+),(\d+)\)", text)
+        if m:
+            return np.shape(env[m.group(1)])[int(m.group(2))]
+        return sizes[re.fullmatch(r"sum_(\w+)\(1\)", text).group(1)]
+
+    for t in listing:
+        if isinstance(t, ed.ElementwiseStep):
+            x = env[t.operand]
+            if t.function == "pow":
+                env[t.target] = x ** (env[t.exponent] if isinstance(t.exponent, str) else t.exponent)
+            else:
+                env[t.target] = _ELEMENTWISE[t.function](x)
+            continue
+        assert t.subscripts.count("->") == 1 or t.subscripts == "", t
+        if t.target not in env:
+            learn_sizes(t.target)
+        value = t.coefficient * np.prod([size_factor(s) for s in t.sizes])
+        if t.operands:
+            value = value * np.einsum(t.subscripts, *[env[r] for r in t.operands])
+        tied = {a: b for a, b in t.diagonal} | {b: a for a, b in t.diagonal}
+
+        def n(index):
+            for key in ((t.target, index), (t.target, tied.get(index))):
+                if key in index_size:
+                    return index_size[key]
+            return sizes[index]
+        letters = {i: chr(ord("a") + k) for k, i in enumerate(t.target_indices)}
+        subs, ops = ["".join(letters[i] for i in t.indices)], [value]
+        covered = set(t.indices)
+        for a, b in t.diagonal:
+            subs.append(letters[a] + letters[b])
+            ops.append(np.eye(n(a)))
+            covered |= {a, b}
+        for i in t.target_indices:
+            if i not in covered:
+                subs.append(letters[i])
+                ops.append(np.ones(n(i)))
+        full = np.einsum(",".join(subs) + "->" + "".join(letters[i] for i in t.target_indices), *ops)
+        env[t.target] = env.get(t.target, 0) + full
+    return env
+
+
+MLP = ("h_ni = tanh(sum_j(W1_ij x_nj) + b1_i); y_nk = sum_i(W2_ki h_ni) + b2_k; "
+       "L = (y_nk - t_nk)^2")
+
+
+@pytest.mark.parametrize("build, shapes, sizes", [
+    (lambda: ed.diff("C_ik = A_ij B_jk", wrt="A_pq"), dict(A=(2, 3), B=(3, 4)), None),
+    (lambda: ed.diff(MLP, wrt="W1_pq"),
+     dict(W1=(6, 3), x=(5, 3), b1=(6,), W2=(2, 6), b2=(2,), t=(5, 2)), None),
+    (lambda: ed.diff("L = log(sum_i(exp(x_i)))", wrt=["x", "x"]), dict(x=(4,)), None),
+    (lambda: ed.diff("y_i = sum_j(x_i)", wrt="x", sizes={"j": 3}), dict(x=(4,)), {"j": 3}),
+    (lambda: ed.diff("y_i = x_i^a", wrt="x"), dict(x=(3,), a=()), None),
+    (lambda: ed.diff("y = 3 + x", wrt="x"), dict(x=()), None),
+    (lambda: ed.vjp("h_i = tanh(sum_j(W_ij x_j)); L = (h_i - t_i)^2", wrt=["W", "x"]),
+     dict(W=(3, 4), x=(4,), t=(3,), G=()), None),
+])
+def test_einsum_listing_reproduces_evaluate(build, shapes, sizes):
+    """Every subscripts string is a valid np.einsum string (no annotations), every temporary
+    is defined before use (function and power steps are listed), constants carry no einsum."""
+    p = build()
+    r = np.random.default_rng(0)
+    arrays = {k: r.uniform(0.5, 1.5, size=s) for k, s in shapes.items()}
+    want = p.evaluate(**arrays)
+    results = dict(zip(p.outputs, [np.shape(w) for w in (want.values() if isinstance(want, dict) else [want])]))
+    env = _run_listing(p, arrays, sizes, results)
+    if isinstance(want, dict):
+        for name, ref in zip(want, p.outputs):
+            np.testing.assert_allclose(env[ref], want[name], rtol=1e-12, atol=1e-12)
+    else:
+        np.testing.assert_allclose(env[p.outputs[-1]], want, rtol=1e-12, atol=1e-12)

@@ -168,3 +168,10 @@ def test_a_custom_layout_without_vec_form_says_so(layout):
     assert not form.exists
     assert f"layout '{layout}' orders the axes" in form.reason
     assert ed.diff("C_ik = A_ij B_jk", wrt="A_pq", layout="pqik").matrix().exists
+
+
+def test_matrix_form_takes_a_formula_string():
+    """ed.matrix_form("...") used to raise AttributeError; a string is parsed."""
+    assert str(ed.matrix_form("L = A_ij X_jk B_ki")) == str(ed.matrix_form(ed.parse("L = A_ij X_jk B_ki")))
+    with pytest.raises(ed.EinderivError, match="formula string or a Program, got int"):
+        ed.matrix_form(3)

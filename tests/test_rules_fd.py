@@ -1167,3 +1167,26 @@ def test_parse_shows_explicit_sum_placement():
 def test_index_letters_helper():
     # sanity of the test helper itself
     assert index_letters("C_ik = A_ij B_jk + sum_l(D_{il})") == {"i", "j", "k", "l"}
+
+
+@pytest.mark.parametrize("program, want", [
+    (lambda: ed.differential("C_ik = A_ij B_jk"), ["dA[i, j]", "dB[j, k]"]),
+    (lambda: ed.diff("C_ik = A_ij B_jk", wrt="X_pq", depends={"A": "X", "B": "X"}),
+     ["dAdX[i, j, p, q]", "dBdX[j, k, p, q]"]),
+])
+def test_exported_docstring_names_the_axes_by_user_indices(program, want):
+    text = program().to_source("numpy")
+    for entry in want:
+        assert entry in text
+    assert "A.0" not in text and "_1" not in text
+
+
+@pytest.mark.parametrize("shapes, match", [
+    ({"x": (3, 4)}, r"shapes\['x'\] is \(3, 4\), but the formula uses x with 1 index"),
+    ({"x": 3}, r"shapes\['x'\] must be a tuple of sizes"),
+    ({"y": (3,)}, "gives no shape for x"),
+])
+def test_to_source_checks_the_shapes(shapes, match):
+    """A shape with the wrong number of axes used to be accepted silently."""
+    with pytest.raises(ed.EinderivError, match=match):
+        ed.parse("L = x_i x_i").to_source("numpy", shapes=shapes)

@@ -116,3 +116,21 @@ def test_self_reference():
 def test_exponent_with_indices():
     with pytest.raises(ed.EinderivError, match="exponent"):
         ed.parse("y_i = x_i^z_i")
+
+
+def test_two_sizes_along_one_dimension_name_the_tensor_axes():
+    """The message names the indices and the tensor axes that tie them, never an internal
+    dimension name such as 'A.0'."""
+    with pytest.raises(ed.IndexSizeError) as err:
+        ed.parse("L = x_i A_ij x_j", sizes={"i": 3, "j": 4})
+    msg = str(err.value)
+    assert "i=3, j=4" in msg and "axis 1 of A (j)" in msg and "A.0" not in msg
+
+
+@pytest.mark.parametrize("src, want", [
+    ("y = size(x,99) x_i", "'x' has 1 axis, axis 0"),
+    ("y = size(A,2) A_ij", "'A' has 2 axes, 0 to 1"),
+])
+def test_size_of_a_missing_axis_counts_the_axes(src, want):
+    with pytest.raises(ed.EinderivError, match=want):
+        ed.parse(src)

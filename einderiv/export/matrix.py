@@ -1007,7 +1007,12 @@ def matrix_form(program, check=True) -> MatrixForm:
     >>> print(ed.matrix_form(ed.diff("L = a_i X_ij b_j", wrt="X")))
     ∂L/∂X = a bᵀ   (denominator layout: the shape of X)
     """
-    from ..program import Derivative
+    from ..program import Derivative, Program, parse
+    if isinstance(program, str):
+        program = parse(program)
+    elif not isinstance(program, Program):
+        raise EinderivError(f"matrix_form takes a formula string or a Program, got "
+                            f"{type(program).__name__}")
     tr = _Translator(program)
     statements = []
     is_derivative = isinstance(program, Derivative)

@@ -109,6 +109,7 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     dim_size = None
     if shapes is not None:
         from ..evaluate import resolve_sizes
+        _check_shapes(shapes, plan.input_dims)
         dim_size = resolve_sizes(plan.input_dims, program._members,
                                  {k: tuple(v) for k, v in shapes.items()}, program._sizes)
 
@@ -155,6 +156,25 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     if target == "numpy" and "oe." not in body and "_contract(" not in body:
         head = head.replace("import opt_einsum as oe\n", "")
     return (f"{head}{extra}\n\ndef {name}({', '.join(params)}):\n{doc}{body}\n")
+
+
+def _check_shapes(shapes, input_dims):
+    """shapes= gives every input a shape with one length per axis of the formula."""
+    if not isinstance(shapes, dict):
+        raise EinderivError(f"shapes must be a dict like {{'A': (40, 32)}}, got {type(shapes).__name__}")
+    missing = [n for n in input_dims if n not in shapes]
+    if missing:
+        raise EinderivError(f"shapes= gives no shape for {', '.join(missing)} (the inputs are "
+                            f"{', '.join(input_dims)})")
+    for name, dims in input_dims.items():
+        shape = shapes[name]
+        try:
+            shape = tuple(int(n) for n in shape)
+        except (TypeError, ValueError):
+            raise EinderivError(f"shapes['{name}'] must be a tuple of sizes, got {shape!r}") from None
+        if len(shape) != len(dims) or any(n < 0 for n in shape):
+            raise EinderivError(f"shapes['{name}'] is {shape}, but the formula uses {name} with "
+                                f"{len(dims)} ind{'ex' if len(dims) == 1 else 'ices'}")
 
 
 def _docstring(program, plan, names):
