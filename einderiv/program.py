@@ -7,6 +7,7 @@ itself. A :class:`Derivative` is a Program whose output is a derivative, with it
 
 from __future__ import annotations
 
+import sys
 from collections import namedtuple
 
 import numpy as np
@@ -199,7 +200,7 @@ class Program:
         if backend not in _BACKENDS:
             raise EinderivError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}, "
                                 f"got {backend!r}")
-        if backend != "numpy":
+        if backend != "numpy" and backend not in sys.modules:
             import importlib.util
             if importlib.util.find_spec(backend) is None:
                 raise EinderivError(f"backend '{backend}' is not installed")
