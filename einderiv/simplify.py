@@ -57,25 +57,43 @@ def factor_key(factor, mask=frozenset()):
     return key
 
 
+# A key is flat: a tuple of ``OPEN``, ``CLOSE`` and ``(2, atom)`` items that orders exactly as
+# the nested tuple it spells out, but compares in time linear in its length (nested tuples
+# compare in time quadratic in their depth, which made deeply nested functions slow).
+_OPEN, _CLOSE = (1,), (0,)
+_O, _C = (_OPEN,), (_CLOSE,)
+
+
+def _atoms(*values):
+    return tuple((2, v) for v in values)
+
+
 def _factor_key(factor, mask):
     if isinstance(factor, Size):
-        return (0, factor.dim)
+        return _O + _atoms(0, factor.dim) + _C
     if isinstance(factor, Delta):
-        return (1, _name(factor.a, mask), _name(factor.b, mask))
+        return _O + _atoms(1, _name(factor.a, mask), _name(factor.b, mask)) + _C
     if isinstance(factor, Tensor):
-        return (2, factor.name, tuple(_name(i, mask) for i in factor.indices))
+        indices = _O + _atoms(*(_name(i, mask) for i in factor.indices)) + _C
+        return _O + _atoms(2, factor.name) + indices + _C
     if isinstance(factor, Func):
-        return (3, factor.name, expr_key(factor.arg, mask))
+        return _O + _atoms(3, factor.name) + expr_key(factor.arg, mask) + _C
     if isinstance(factor, Power):
-        return (4, expr_key(factor.base, mask), expr_key(factor.exponent, mask))
+        return _O + _atoms(4) + expr_key(factor.base, mask) + expr_key(factor.exponent, mask) + _C
     raise TypeError(factor)
 
 
 def expr_key(e: Expr, mask=frozenset()):
+    """The flat key of ``((indices), ((coeff, (factor keys)), ...))``."""
     inner = mask & set(e.indices) if mask else mask
-    return (tuple(_name(i, inner) for i in e.indices),
-            tuple((_coeff_key(t.coeff), tuple(factor_key(f, inner) for f in t.factors))
-                  for t in e.terms))
+    parts = [_OPEN, _OPEN, *_atoms(*(_name(i, inner) for i in e.indices)), _CLOSE, _OPEN]
+    for t in e.terms:
+        parts += [_OPEN, (2, _coeff_key(t.coeff)), _OPEN]
+        for f in t.factors:
+            parts += factor_key(f, inner)
+        parts += [_CLOSE, _CLOSE]
+    parts += [_CLOSE, _CLOSE]
+    return tuple(parts)
 
 
 def _coeff_key(c):
