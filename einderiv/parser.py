@@ -205,6 +205,28 @@ class _Build(Transformer):
         return [c for c in children if isinstance(c, Stmt)]
 
 
+_ENDS_OPERAND = {"NUMBER", "TENSOR", "SIZE", "RPAR"}           # x_i2, 1..2, (x)2
+_STARTS_OPERAND = {"NUMBER", "TENSOR", "SIZE", "CALL", "SUM", "LPAR"}  # 2x_i, 2sin(x), 2(x)
+
+
+class _Spacing:
+    """Post-lexer: a number may not touch a neighbouring operand (SPEC §1: juxtaposition
+    needs a space), so ``x_i2``, ``2x_i``, ``1..2`` and ``1.5.5`` are errors, not products."""
+
+    always_accept = ()
+
+    def process(self, stream):
+        previous = None
+        for token in stream:
+            if (previous is not None and previous.end_pos == token.start_pos
+                    and "NUMBER" in (previous.type, token.type)
+                    and previous.type in _ENDS_OPERAND and token.type in _STARTS_OPERAND):
+                raise _Fail(f"'{token}' directly after '{previous}': a number must be separated "
+                            "from its neighbour by a space or '*'", token)
+            previous = token
+            yield token
+
+
 _PARSER = None
 
 
@@ -212,7 +234,7 @@ def _parser() -> Lark:
     global _PARSER
     if _PARSER is None:
         _PARSER = Lark(_grammar_text(), parser="lalr", transformer=_Build(),
-                       propagate_positions=False, maybe_placeholders=False)
+                       postlex=_Spacing(), propagate_positions=False, maybe_placeholders=False)
     return _PARSER
 
 

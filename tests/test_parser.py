@@ -88,6 +88,40 @@ def test_syntax_errors_point_at_the_place(src, line, column):
     assert source_line.startswith("  ")
 
 
+@pytest.mark.parametrize("src, column, shown", [
+    ("y_i = x_i2", 10, "'2' directly after 'x_i'"),
+    ("y_i = x_{i}2", 12, "'2' directly after 'x_{i}'"),
+    ("y = 1..2", 7, "'.2' directly after '1.'"),
+    ("y = 1.5.5", 8, "'.5' directly after '1.5'"),
+    ("y_i = 2x_i", 8, "'x_i' directly after '2'"),
+    ("y = 1e-3x", 9, "'x' directly after '1e-3'"),
+    ("y_i = x_i^2y_i", 12, "'y_i' directly after '2'"),
+    ("y_i = 2sin(x_i)", 8, "'sin(' directly after '2'"),
+    ("y_i = (x_i)2", 12, "'2' directly after ')'"),
+    ("y_i = 2(x_i)", 8, "'(' directly after '2'"),
+])
+def test_a_number_touching_its_neighbour_is_an_error(src, column, shown):
+    """SPEC §1: juxtaposition needs a space, so a typo like x_i2 is not silently 2 x_i."""
+    with pytest.raises(ed.EinderivSyntaxError, match="space or") as info:
+        ed.parse(src)
+    assert (info.value.line, info.value.column) == (1, column)
+    assert shown in str(info.value)
+    assert str(info.value).splitlines()[-1].index("^") == 2 + column - 1
+
+
+@pytest.mark.parametrize("src, text", [
+    ("y_i = 2 x_i", "y_i = 2 x_i"),
+    ("y_i = 2*x_i", "y_i = 2 x_i"),
+    ("y_i = x_i*2", "y_i = 2 x_i"),
+    ("y_i = x_i^2", "y_i = x_i^2"),
+    ("y_i = 1e-3 x_i", "y_i = 0.001 x_i"),
+    ("y_i = W1_ij x_j", "y_i = sum_j(W1_ij x_j)"),
+    ("y = 2 (x + z)", "y = 2 x + 2 z"),
+])
+def test_spaced_numbers_still_multiply(src, text):
+    assert str(ed.parse(src)) == text
+
+
 def test_unknown_function_lists_the_valid_ones():
     with pytest.raises(ed.EinderivError, match="unknown function 'foo'.*tanh"):
         ed.parse("y_i = foo(x_i)")
