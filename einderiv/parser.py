@@ -112,11 +112,15 @@ class _Build(Transformer):
 
     def number(self, children):
         (tok,) = children
-        value = Fraction(str(tok))
+        shown = tok if len(tok) <= 30 else f"{tok[:12]}...{tok[-12:]}"
         try:
+            value = Fraction(str(tok))
             float(value)
         except OverflowError:
-            raise _Fail(f"the number {tok} is too large for float64", tok) from None
+            raise _Fail(f"the number {shown} is too large for float64", tok) from None
+        except ValueError:  # more digits than Python converts (4300)
+            raise _Fail(f"the number {shown} has {len(tok)} characters; write it with an "
+                        "exponent, like 1e300", tok) from None
         return Node("num", value, (), tok.line, tok.column, 1)
 
     def tensor(self, children):

@@ -172,3 +172,10 @@ def test_delta_alone_needs_sizes():
     prog = ed.parse("C_ij = delta_ij", sizes={"i": 3})
     import numpy as np
     assert np.array_equal(prog.evaluate(), np.eye(3))
+
+
+@pytest.mark.parametrize("digits", ["9" * 5000, "0" * 5000 + "1", "0." + "0" * 5000 + "1"])
+def test_a_number_with_thousands_of_digits_is_an_error(digits):
+    with pytest.raises(ed.EinderivSyntaxError, match="characters; write it with an exponent") as info:
+        ed.parse("y = " + digits + " x_i")
+    assert (info.value.line, info.value.column) == (1, 5)

@@ -20,6 +20,8 @@ POOL = "ijklmnabcdefghorstuvwxyz" + "αβγεζηθκλμνξπρστυφχψω"
 def format_number(c) -> str:
     if isinstance(c, Fraction):
         if c.denominator == 1:
+            if abs(c.numerator) >= 10**16 and Fraction(repr(float(c))) == c:
+                return repr(float(c))  # 1e+300, not 301 digits (reads back exactly)
             return str(c.numerator)
         d = c.denominator
         while d % 2 == 0:
