@@ -179,3 +179,19 @@ def test_a_number_with_thousands_of_digits_is_an_error(digits):
     with pytest.raises(ed.EinderivSyntaxError, match="characters; write it with an exponent") as info:
         ed.parse("y = " + digits + " x_i")
     assert (info.value.line, info.value.column) == (1, 5)
+
+
+@pytest.mark.parametrize("src, text", [
+    ("y_{out,} = W_{out,in} x_{in,}", "y_{out,} = sum_i(W_{out,i} x_i)"),
+    ("y_{out,b} = W_{out,in} x_{in,b}", "y_{out,b} = sum_i(W_{out,i} x_ib)"),
+    ("s_{ab,} = t_{ab,}", "s_{ab,} = t_{ab,}"),
+])
+def test_one_multi_letter_index_prints_with_its_comma_and_reads_back(src, text):
+    prog = ed.parse(src)
+    assert str(prog) == text
+    assert ed.parse(str(prog)) == prog
+
+
+def test_derivative_label_of_a_multi_letter_index():
+    d = ed.diff("y_{out,} = W_{out,in} x_{in,}", wrt="W_pq")
+    assert str(d).startswith("dy_{out,}/dW_pq = δ_{out,p} x_q")

@@ -51,6 +51,8 @@ def format_indices(indices) -> str:
         return ""
     if all(len(i) == 1 for i in indices):
         return "_" + "".join(indices)
+    if len(indices) == 1:
+        return "_{" + indices[0] + ",}"  # y_{out,}: y_{out} would be three indices (SPEC §1)
     return "_{" + ",".join(indices) + "}"
 
 
