@@ -77,6 +77,8 @@ def split_tensor(text: str, token=None) -> tuple[str, tuple[str, ...]]:
     if not _:
         return name, ()
     if spec.startswith("{"):
+        if not spec.endswith("}"):
+            raise _Fail(f"the '{{' in '{text}' is not closed", token)
         inner = spec[1:-1].strip()
         if not inner:
             raise _Fail(f"empty index list in '{text}'", token)
@@ -253,6 +255,13 @@ def _caret(text: str, line: int, column: int) -> str:
     return f"  {shown[start:start + 120]}\n  {' ' * (column - 1 - start)}^"
 
 
+def _unicode_name(ch: str) -> str:
+    """``'\xa0'`` → ``U+00A0 NO-BREAK SPACE``."""
+    import unicodedata
+    name = unicodedata.name(ch, "") or ("a control character" if unicodedata.category(ch) == "Cc" else "")
+    return f"U+{ord(ch):04X} {name}".rstrip()
+
+
 def _describe(token) -> str:
     if token is None:
         return "the end of the formula"
@@ -281,7 +290,7 @@ def parse_text(text: str) -> list[Stmt]:
         raise EinderivError(str(err.orig_exc)) from None
     except UnexpectedCharacters as err:
         ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
-        what = repr(ch) if ch.isprintable() else f"control character {ch!r}"
+        what = repr(ch) if ch.isprintable() and not ch.isspace() else f"{ch!r} ({_unicode_name(ch)})"
         raise syntax_error(text, f"unexpected character {what}", err.line, err.column) from None
     except UnexpectedToken as err:
         tok = err.token

@@ -406,6 +406,11 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
             if len(letters) < len(dims):
                 raise EinderivError("ran out of fresh index letters; name the wrt indices")
             given = tuple(letters[:len(dims)])
+        repeated = [i for i in dict.fromkeys(given) if given.count(i) > 1]
+        if repeated:
+            raise EinderivError(f"wrt='{entry}': the index '{repeated[0]}' repeats; a derivative "
+                                f"takes one index per axis of {name}, all different (e.g. "
+                                f"{name}_{''.join(WRT_LETTERS[:len(given)])})")
         for i in given:
             if i in used_user:
                 raise EinderivError(f"wrt index '{i}' is already an index of the result "

@@ -195,3 +195,24 @@ def test_one_multi_letter_index_prints_with_its_comma_and_reads_back(src, text):
 def test_derivative_label_of_a_multi_letter_index():
     d = ed.diff("y_{out,} = W_{out,in} x_{in,}", wrt="W_pq")
     assert str(d).startswith("dy_{out,}/dW_pq = δ_{out,p} x_q")
+
+
+@pytest.mark.parametrize("char, shown", [
+    ("\xa0", r"'\xa0' (U+00A0 NO-BREAK SPACE)"),
+    ("\x07", r"'\x07' (U+0007 a control character)"),
+])
+def test_an_unexpected_invisible_character_is_named(char, shown):
+    with pytest.raises(ed.EinderivSyntaxError) as info:
+        ed.parse(f"y = x{char}z")
+    assert f"unexpected character {shown}" in str(info.value)
+    assert (info.value.line, info.value.column) == (1, 6)
+
+
+@pytest.mark.parametrize("wrt, message", [
+    ("A_pp", "wrt='A_pp': the index 'p' repeats"),
+    ("A_{p", "wrt='A_{p': the '{' in 'A_{p' is not closed"),
+])
+def test_wrt_mistakes_say_what_is_wrong(wrt, message):
+    with pytest.raises(ed.EinderivError) as info:
+        ed.diff("C_ik = A_ij B_jk", wrt=wrt)
+    assert message in str(info.value)
