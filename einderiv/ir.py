@@ -74,6 +74,13 @@ class Func:
             object.__setattr__(self, "_hash", h)
         return h
 
+    def __eq__(self, other):  # cached hashes first: unequal deep nodes differ in O(1)
+        if self is other:
+            return True
+        if type(other) is not Func:
+            return NotImplemented
+        return hash(self) == hash(other) and self.name == other.name and self.arg == other.arg
+
 
 @dataclass(frozen=True, slots=True)
 class Power:
@@ -88,6 +95,13 @@ class Power:
             h = hash((self.base, self.exponent)) or 1
             object.__setattr__(self, "_hash", h)
         return h
+
+    def __eq__(self, other):  # cached hashes first: unequal deep nodes differ in O(1)
+        if self is other:
+            return True
+        if type(other) is not Power:
+            return NotImplemented
+        return hash(self) == hash(other) and self.base == other.base and self.exponent == other.exponent
 
 
 Factor = Union[Tensor, Delta, Size, Func, Power]
@@ -107,6 +121,13 @@ class Term:
             object.__setattr__(self, "_hash", h)
         return h
 
+    def __eq__(self, other):  # cached hashes first: unequal deep nodes differ in O(1)
+        if self is other:
+            return True
+        if type(other) is not Term:
+            return NotImplemented
+        return hash(self) == hash(other) and self.coeff == other.coeff and self.factors == other.factors
+
 
 @dataclass(frozen=True, slots=True)
 class Expr:
@@ -122,6 +143,13 @@ class Expr:
             h = hash((self.indices, self.dims, self.terms)) or 1
             object.__setattr__(self, "_hash", h)
         return h
+
+    def __eq__(self, other):  # cached hashes first: unequal deep nodes differ in O(1)
+        if self is other:
+            return True
+        if type(other) is not Expr:
+            return NotImplemented
+        return hash(self) == hash(other) and self.indices == other.indices and self.dims == other.dims and self.terms == other.terms
 
     def dim_of(self, index: str) -> DimRef:
         return self.dims[self.indices.index(index)]

@@ -77,6 +77,8 @@ def split_tensor(text: str, token=None) -> tuple[str, tuple[str, ...]]:
     if not _:
         return name, ()
     if spec.startswith("{"):
+        if not spec.endswith("}"):
+            raise _Fail(f"the '{{' in '{text}' is not closed", token)
         inner = spec[1:-1].strip()
         if not inner:
             raise _Fail(f"empty index list in '{text}'", token)
@@ -112,11 +114,15 @@ class _Build(Transformer):
 
     def number(self, children):
         (tok,) = children
-        value = Fraction(str(tok))
+        shown = tok if len(tok) <= 30 else f"{tok[:12]}...{tok[-12:]}"
         try:
+            value = Fraction(str(tok))
             float(value)
         except OverflowError:
-            raise _Fail(f"the number {tok} is too large for float64", tok) from None
+            raise _Fail(f"the number {shown} is too large for float64", tok) from None
+        except ValueError:  # more digits than Python converts (4300)
+            raise _Fail(f"the number {shown} has {len(tok)} characters; write it with an "
+                        "exponent, like 1e300", tok) from None
         return Node("num", value, (), tok.line, tok.column, 1)
 
     def tensor(self, children):
@@ -205,6 +211,28 @@ class _Build(Transformer):
         return [c for c in children if isinstance(c, Stmt)]
 
 
+_ENDS_OPERAND = {"NUMBER", "TENSOR", "SIZE", "RPAR"}           # x_i2, 1..2, (x)2
+_STARTS_OPERAND = {"NUMBER", "TENSOR", "SIZE", "CALL", "SUM", "LPAR"}  # 2x_i, 2sin(x), 2(x)
+
+
+class _Spacing:
+    """Post-lexer: a number may not touch a neighbouring operand (SPEC §1: juxtaposition
+    needs a space), so ``x_i2``, ``2x_i``, ``1..2`` and ``1.5.5`` are errors, not products."""
+
+    always_accept = ()
+
+    def process(self, stream):
+        previous = None
+        for token in stream:
+            if (previous is not None and previous.end_pos == token.start_pos
+                    and "NUMBER" in (previous.type, token.type)
+                    and previous.type in _ENDS_OPERAND and token.type in _STARTS_OPERAND):
+                raise _Fail(f"'{token}' directly after '{previous}': a number must be separated "
+                            "from its neighbour by a space or '*'", token)
+            previous = token
+            yield token
+
+
 _PARSER = None
 
 
@@ -212,7 +240,7 @@ def _parser() -> Lark:
     global _PARSER
     if _PARSER is None:
         _PARSER = Lark(_grammar_text(), parser="lalr", transformer=_Build(),
-                       propagate_positions=False, maybe_placeholders=False)
+                       postlex=_Spacing(), propagate_positions=False, maybe_placeholders=False)
     return _PARSER
 
 
@@ -225,6 +253,13 @@ def _caret(text: str, line: int, column: int) -> str:
     shown = "".join(ch if ch.isprintable() else "?" for ch in src)
     start = max(0, column - 60)
     return f"  {shown[start:start + 120]}\n  {' ' * (column - 1 - start)}^"
+
+
+def _unicode_name(ch: str) -> str:
+    """``'\xa0'`` → ``U+00A0 NO-BREAK SPACE``."""
+    import unicodedata
+    name = unicodedata.name(ch, "") or ("a control character" if unicodedata.category(ch) == "Cc" else "")
+    return f"U+{ord(ch):04X} {name}".rstrip()
 
 
 def _describe(token) -> str:
@@ -255,7 +290,7 @@ def parse_text(text: str) -> list[Stmt]:
         raise EinderivError(str(err.orig_exc)) from None
     except UnexpectedCharacters as err:
         ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
-        what = repr(ch) if ch.isprintable() else f"control character {ch!r}"
+        what = repr(ch) if ch.isprintable() and not ch.isspace() else f"{ch!r} ({_unicode_name(ch)})"
         raise syntax_error(text, f"unexpected character {what}", err.line, err.column) from None
     except UnexpectedToken as err:
         tok = err.token

@@ -528,6 +528,11 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
             if len(letters) < len(dims):
                 raise EinderivError("ran out of fresh index letters; name the wrt indices")
             given = tuple(letters[:len(dims)])
+        repeated = [i for i in dict.fromkeys(given) if given.count(i) > 1]
+        if repeated:
+            raise EinderivError(f"wrt='{entry}': the index '{repeated[0]}' repeats; a derivative "
+                                f"takes one index per axis of {name}, all different (e.g. "
+                                f"{name}_{''.join(WRT_LETTERS[:len(given)])})")
         for i in given:
             if i in used_user:
                 raise EinderivError(f"wrt index '{i}' is already an index of the result "
@@ -606,8 +611,8 @@ def fold_intermediates(e: Expr, statements) -> Expr:
     table = {}
     kinds = set()
 
-    def _kind(f):
-        return (f.name if isinstance(f, Func) else "^", len(factor_indices(f)))
+    def _kind(f, depth):
+        return (f.name if isinstance(f, Func) else "^", len(factor_indices(f)), depth)
 
     for st in statements:
         ex = st.expr
@@ -616,46 +621,73 @@ def fold_intermediates(e: Expr, statements) -> Expr:
             if isinstance(f, (Func, Power)) and set(factor_indices(f)) == set(st.indices):
                 key, order = _canonical(st.indices, f)
                 table[key] = (st, order)
-                kinds.add(_kind(f))
+                kinds.add(_kind(f, _nesting(f, {})))
     if not table:
         return e
+    # Only a factor of the kind, index count and nesting depth of a definition can repeat it;
+    # canonicalizing every nested factor instead made deep nesting take minutes.
+    memo: dict = {}   # id(factor) -> (folded factor, its depth, the factor kept alive)
 
-    def fold_expr(x: Expr) -> Expr:
+    def fold_expr(x: Expr) -> tuple:
         changed = False
         terms = []
+        depth = 0
         for t in x.terms:
             factors = []
             for f in t.factors:
-                g = fold_factor(f)
+                g, d = fold_factor(f)
+                depth = max(depth, d)
                 changed |= g is not f
                 factors.append(g)
             terms.append(Term(t.coeff, tuple(factors)))
-        return S.expr(x.dim_map, terms) if changed else x
+        return (S.expr(x.dim_map, terms) if changed else x), depth
 
     def fold_factor(f):
+        hit = memo.get(id(f))
+        if hit is None:
+            hit = memo[id(f)] = (*_fold_factor(f), f)
+        return hit[0], hit[1]
+
+    def _fold_factor(f):
         if isinstance(f, Func):
-            inner = fold_expr(f.arg)
+            inner, depth = fold_expr(f.arg)
             if inner is not f.arg:
                 f = Func(f.name, inner)
         elif isinstance(f, Power):
-            inner = fold_expr(f.base)
+            inner, depth = fold_expr(f.base)
+            depth = max(depth, fold_expr(f.exponent)[1])
             if inner is not f.base:
                 f = Power(inner, f.exponent)
         else:
-            return f
-        if _kind(f) not in kinds:
-            return f
+            return f, 0
+        depth += 1
+        if _kind(f, depth) not in kinds:
+            return f, depth
         key, order = _canonical(factor_indices(f), f)
         hit = table.get(key)
         if hit is None:
-            return f
+            return f, depth
         st, st_order = hit
         position = {i: k for k, i in enumerate(st_order)}
         idx = tuple(order[position[i]] for i in st.indices)
         dims = factor_dims(f)
-        return Tensor(st.name, idx, tuple(dims[i] for i in idx))
+        return Tensor(st.name, idx, tuple(dims[i] for i in idx)), 0
 
-    return fold_expr(e)
+    return fold_expr(e)[0]
+
+
+def _nesting(f, memo: dict) -> int:
+    """How deeply functions and powers nest in a factor (a tensor: 0, tanh(x_i): 1)."""
+    from .ir import Func, Power
+    if not isinstance(f, (Func, Power)):
+        return 0
+    depth = memo.get(id(f))
+    if depth is None:
+        parts = (f.arg,) if isinstance(f, Func) else (f.base, f.exponent)
+        depth = 1 + max((_nesting(g, memo) for x in parts for t in x.terms for g in t.factors),
+                        default=0)
+        memo[id(f)] = depth
+    return depth
 
 
 def _derivative_label(of, out_idx, names, idx_lists):

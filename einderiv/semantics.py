@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import simplify as S
-from .errors import EinderivError, IndexSizeError
+from .errors import EinderivError, EinderivSyntaxError, IndexSizeError
 from .ir import Delta, Expr, Size, Tensor, Term
 from .parser import Node, Stmt, parse_text, syntax_error
 
@@ -229,6 +229,16 @@ def _build_statement(text, st: Stmt, n, dim, defined, input_dim) -> Expr:
     lhs = set(st.indices)
 
     def build(node: Node) -> Expr:
+        """The node's expression; an error of the arithmetic (a constant beyond float64, a
+        sum that grows too large) points at the innermost node that raised it."""
+        try:
+            return build_node(node)
+        except EinderivSyntaxError:
+            raise
+        except EinderivError as err:
+            raise syntax_error(text, str(err), node.line, node.column) from None
+
+    def build_node(node: Node) -> Expr:
         kind = node.kind
         if kind == "num":
             return S.const(node.value)
@@ -290,4 +300,7 @@ def _build_statement(text, st: Stmt, n, dim, defined, input_dim) -> Expr:
         e = build(child)
         e = S.contract(e, [i for i in e.indices if i not in lhs])
         terms.append(S.scale(e, -1) if op == "-" else e)
-    return S.add(*terms)
+    try:
+        return S.add(*terms)
+    except EinderivError as err:  # e.g. 1e308 x_i + 1e308 x_i: a constant beyond float64
+        raise syntax_error(text, str(err), st.rhs.line, st.rhs.column) from None

@@ -27,14 +27,49 @@ ONE = Fraction(1)
 
 
 def _number(value):
-    """Keep exact rationals exact; turn an integral float into a Fraction."""
+    """Keep exact rationals exact; turn an integral float into a Fraction. A constant beyond
+    float64 raises (evaluation could not hold it)."""
     if isinstance(value, Fraction):
-        return value
+        return _within_float(value)
     if isinstance(value, int):
-        return Fraction(value)
+        return _within_float(Fraction(value))
     if math.isfinite(value) and value == int(value) and abs(value) < 2**53:
         return Fraction(int(value))
     return value
+
+
+FLOAT_MAX_BITS = 1024  # |c| < 2^1024 is what float64 holds
+
+
+def _within_float(c: Fraction) -> Fraction:
+    if c.numerator and abs(c.numerator).bit_length() - c.denominator.bit_length() >= FLOAT_MAX_BITS - 1:
+        try:
+            float(c)
+        except OverflowError:
+            digits = int((abs(c.numerator).bit_length() - c.denominator.bit_length()) * math.log10(2))
+            raise EinderivError(f"a constant of about 1e{digits} is beyond float64 "
+                                "(at most about 1.8e308)") from None
+    return c
+
+
+def _power_of_number(c, n):
+    """``c ^ n`` for numbers: exact while the result stays small, else in float64."""
+    if isinstance(n, Fraction) and n.denominator == 1:
+        c = Fraction(c)
+        size = max(abs(c.numerator).bit_length(), c.denominator.bit_length())
+        if size * abs(n.numerator) <= 4 * FLOAT_MAX_BITS:
+            return _within_float(c ** int(n))
+    elif c < 0:
+        raise EinderivError(f"({c})^{n} is not a real number")
+    try:
+        result = float(c) ** float(n)
+    except OverflowError:
+        result = math.inf
+    except ZeroDivisionError:
+        raise EinderivError("division by zero: 0 raised to a negative power") from None
+    if not math.isfinite(result):
+        raise EinderivError(f"({float(c):.6g})^({float(n):.6g}) is beyond float64 (at most about 1.8e308)")
+    return _decimal(result)
 
 
 # --- keys: a total order on factors, summed indices masked -----------------------------------
@@ -57,25 +92,43 @@ def factor_key(factor, mask=frozenset()):
     return key
 
 
+# A key is flat: a tuple of ``OPEN``, ``CLOSE`` and ``(2, atom)`` items that orders exactly as
+# the nested tuple it spells out, but compares in time linear in its length (nested tuples
+# compare in time quadratic in their depth, which made deeply nested functions slow).
+_OPEN, _CLOSE = (1,), (0,)
+_O, _C = (_OPEN,), (_CLOSE,)
+
+
+def _atoms(*values):
+    return tuple((2, v) for v in values)
+
+
 def _factor_key(factor, mask):
     if isinstance(factor, Size):
-        return (0, factor.dim)
+        return _O + _atoms(0, factor.dim) + _C
     if isinstance(factor, Delta):
-        return (1, _name(factor.a, mask), _name(factor.b, mask))
+        return _O + _atoms(1, _name(factor.a, mask), _name(factor.b, mask)) + _C
     if isinstance(factor, Tensor):
-        return (2, factor.name, tuple(_name(i, mask) for i in factor.indices))
+        indices = _O + _atoms(*(_name(i, mask) for i in factor.indices)) + _C
+        return _O + _atoms(2, factor.name) + indices + _C
     if isinstance(factor, Func):
-        return (3, factor.name, expr_key(factor.arg, mask))
+        return _O + _atoms(3, factor.name) + expr_key(factor.arg, mask) + _C
     if isinstance(factor, Power):
-        return (4, expr_key(factor.base, mask), expr_key(factor.exponent, mask))
+        return _O + _atoms(4) + expr_key(factor.base, mask) + expr_key(factor.exponent, mask) + _C
     raise TypeError(factor)
 
 
 def expr_key(e: Expr, mask=frozenset()):
+    """The flat key of ``((indices), ((coeff, (factor keys)), ...))``."""
     inner = mask & set(e.indices) if mask else mask
-    return (tuple(_name(i, inner) for i in e.indices),
-            tuple((_coeff_key(t.coeff), tuple(factor_key(f, inner) for f in t.factors))
-                  for t in e.terms))
+    parts = [_OPEN, _OPEN, *_atoms(*(_name(i, inner) for i in e.indices)), _CLOSE, _OPEN]
+    for t in e.terms:
+        parts += [_OPEN, (2, _coeff_key(t.coeff)), _OPEN]
+        for f in t.factors:
+            parts += factor_key(f, inner)
+        parts += [_CLOSE, _CLOSE]
+    parts += [_CLOSE, _CLOSE]
+    return tuple(parts)
 
 
 def _coeff_key(c):
@@ -573,12 +626,7 @@ def power(base: Expr, exponent: Expr) -> Expr:
         if len(base.terms) == 1:
             t = base.terms[0]
             if not t.factors:  # a number
-                c = t.coeff
-                if isinstance(n, Fraction) and n.denominator == 1:
-                    return const(Fraction(c) ** int(n), dims)
-                if c < 0:
-                    raise EinderivError(f"({c})^{n} is not a real number")
-                return const(_decimal(float(c) ** float(n)), dims)
+                return const(_power_of_number(t.coeff, n), dims)
             has_sum = set(term_indices(t)) - set(base.indices)
             integral = isinstance(n, Fraction) and n.denominator == 1
             if integral and not has_sum:
@@ -587,10 +635,10 @@ def power(base: Expr, exponent: Expr) -> Expr:
                 for f in t.factors:
                     b, m = _base_and_exponent(f)
                     factors.append(_power_of(b, m * n))
-                return expr(dims, [Term(Fraction(t.coeff) ** int(n), tuple(factors))])
+                return expr(dims, [Term(_power_of_number(t.coeff, n), tuple(factors))])
             if t.coeff != 1 and t.coeff > 0 and not integral:
                 inner = Expr(base.indices, base.dims, (Term(ONE, t.factors),))
-                return scale(power(inner, exponent), _decimal(float(t.coeff) ** float(n)))
+                return scale(power(inner, exponent), _power_of_number(t.coeff, n))
     return expr(dims, [Term(ONE, (Power(base, exponent),))])
 
 

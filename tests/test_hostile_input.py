@@ -275,6 +275,24 @@ def test_moderate_nesting_works():
     np.testing.assert_allclose(d.evaluate(x=x), np.eye(3))
 
 
+@pytest.mark.parametrize("func", ["sin", "tanh"])
+def test_deepest_accepted_nesting_differentiates_fast(func):
+    """199 nested functions (the parser allows 200 levels): the chain rule has 199 factors and
+    shares its nested arguments, so diff, text and evaluation take seconds, not minutes."""
+    n = 199
+    text = "y_i = " + f"{func}(" * n + "x_i" + ")" * n
+    start = time.perf_counter()
+    d = ed.diff(text, wrt="x_p")
+    str(d)
+    x = np.array([0.1, 0.2, 0.3])
+    jac = d.evaluate(x=x)
+    assert time.perf_counter() - start < TIME_BOUND
+    prog, h = ed.parse(text), 1e-6
+    fd = np.stack([(prog.evaluate(x=x + h * e) - prog.evaluate(x=x - h * e)) / (2 * h)
+                   for e in np.eye(3)], axis=1)
+    np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-9)
+
+
 def test_ten_thousand_term_sum():
     n = 10_000
     text = "L = " + " + ".join(f"{(k % 7) + 1} x_i" for k in range(n))

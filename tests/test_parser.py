@@ -88,6 +88,40 @@ def test_syntax_errors_point_at_the_place(src, line, column):
     assert source_line.startswith("  ")
 
 
+@pytest.mark.parametrize("src, column, shown", [
+    ("y_i = x_i2", 10, "'2' directly after 'x_i'"),
+    ("y_i = x_{i}2", 12, "'2' directly after 'x_{i}'"),
+    ("y = 1..2", 7, "'.2' directly after '1.'"),
+    ("y = 1.5.5", 8, "'.5' directly after '1.5'"),
+    ("y_i = 2x_i", 8, "'x_i' directly after '2'"),
+    ("y = 1e-3x", 9, "'x' directly after '1e-3'"),
+    ("y_i = x_i^2y_i", 12, "'y_i' directly after '2'"),
+    ("y_i = 2sin(x_i)", 8, "'sin(' directly after '2'"),
+    ("y_i = (x_i)2", 12, "'2' directly after ')'"),
+    ("y_i = 2(x_i)", 8, "'(' directly after '2'"),
+])
+def test_a_number_touching_its_neighbour_is_an_error(src, column, shown):
+    """SPEC §1: juxtaposition needs a space, so a typo like x_i2 is not silently 2 x_i."""
+    with pytest.raises(ed.EinderivSyntaxError, match="space or") as info:
+        ed.parse(src)
+    assert (info.value.line, info.value.column) == (1, column)
+    assert shown in str(info.value)
+    assert str(info.value).splitlines()[-1].index("^") == 2 + column - 1
+
+
+@pytest.mark.parametrize("src, text", [
+    ("y_i = 2 x_i", "y_i = 2 x_i"),
+    ("y_i = 2*x_i", "y_i = 2 x_i"),
+    ("y_i = x_i*2", "y_i = 2 x_i"),
+    ("y_i = x_i^2", "y_i = x_i^2"),
+    ("y_i = 1e-3 x_i", "y_i = 0.001 x_i"),
+    ("y_i = W1_ij x_j", "y_i = sum_j(W1_ij x_j)"),
+    ("y = 2 (x + z)", "y = 2 x + 2 z"),
+])
+def test_spaced_numbers_still_multiply(src, text):
+    assert str(ed.parse(src)) == text
+
+
 def test_unknown_function_lists_the_valid_ones():
     with pytest.raises(ed.EinderivError, match="unknown function 'foo'.*tanh"):
         ed.parse("y_i = foo(x_i)")
@@ -138,3 +172,47 @@ def test_delta_alone_needs_sizes():
     prog = ed.parse("C_ij = delta_ij", sizes={"i": 3})
     import numpy as np
     assert np.array_equal(prog.evaluate(), np.eye(3))
+
+
+@pytest.mark.parametrize("digits", ["9" * 5000, "0" * 5000 + "1", "0." + "0" * 5000 + "1"])
+def test_a_number_with_thousands_of_digits_is_an_error(digits):
+    with pytest.raises(ed.EinderivSyntaxError, match="characters; write it with an exponent") as info:
+        ed.parse("y = " + digits + " x_i")
+    assert (info.value.line, info.value.column) == (1, 5)
+
+
+@pytest.mark.parametrize("src, text", [
+    ("y_{out,} = W_{out,in} x_{in,}", "y_{out,} = sum_i(W_{out,i} x_i)"),
+    ("y_{out,b} = W_{out,in} x_{in,b}", "y_{out,b} = sum_i(W_{out,i} x_ib)"),
+    ("s_{ab,} = t_{ab,}", "s_{ab,} = t_{ab,}"),
+])
+def test_one_multi_letter_index_prints_with_its_comma_and_reads_back(src, text):
+    prog = ed.parse(src)
+    assert str(prog) == text
+    assert ed.parse(str(prog)) == prog
+
+
+def test_derivative_label_of_a_multi_letter_index():
+    d = ed.diff("y_{out,} = W_{out,in} x_{in,}", wrt="W_pq")
+    assert str(d).startswith("dy_{out,}/dW_pq = δ_{out,p} x_q")
+
+
+@pytest.mark.parametrize("char, shown", [
+    ("\xa0", r"'\xa0' (U+00A0 NO-BREAK SPACE)"),
+    ("\x07", r"'\x07' (U+0007 a control character)"),
+])
+def test_an_unexpected_invisible_character_is_named(char, shown):
+    with pytest.raises(ed.EinderivSyntaxError) as info:
+        ed.parse(f"y = x{char}z")
+    assert f"unexpected character {shown}" in str(info.value)
+    assert (info.value.line, info.value.column) == (1, 6)
+
+
+@pytest.mark.parametrize("wrt, message", [
+    ("A_pp", "wrt='A_pp': the index 'p' repeats"),
+    ("A_{p", "wrt='A_{p': the '{' in 'A_{p' is not closed"),
+])
+def test_wrt_mistakes_say_what_is_wrong(wrt, message):
+    with pytest.raises(ed.EinderivError) as info:
+        ed.diff("C_ik = A_ij B_jk", wrt=wrt)
+    assert message in str(info.value)

@@ -134,3 +134,33 @@ def test_two_sizes_along_one_dimension_name_the_tensor_axes():
 def test_size_of_a_missing_axis_counts_the_axes(src, want):
     with pytest.raises(ed.EinderivError, match=want):
         ed.parse(src)
+
+
+@pytest.mark.parametrize("src, column", [
+    ("y = 1e200 1e200 x_i", 5),
+    ("y_i = x_i^(1e200 1e200)", 12),
+    ("y_i = (x_i^1e300)^1e300", 8),
+    ("y = 2^1e300", 5),
+    ("y_i = 1e308 x_i + 1e308 x_i", 7),
+])
+def test_a_constant_beyond_float64_is_an_error_at_its_place(src, column):
+    with pytest.raises(ed.EinderivSyntaxError, match="beyond float64") as info:
+        ed.parse(src)
+    assert (info.value.line, info.value.column) == (1, column)
+    assert str(info.value).splitlines()[-1].index("^") == 2 + column - 1
+
+
+def test_a_derivative_coefficient_beyond_float64_is_an_error():
+    assert "1e+300 δ_ip" in str(ed.diff("y_i = x_i^1e300", wrt="x"))
+    with pytest.raises(ed.EinderivError, match="beyond float64"):
+        ed.diff("y_i = x_i^1e300", wrt=["x", "x"])
+
+
+@pytest.mark.parametrize("src, value", [
+    ("y = 1e300 x + 1e300 x", 2e300), ("y = 0.5^1e300 x", 0.0), ("y = 2^(-1e300) x", 0.0),
+    ("y = 1e20 x", 1e20), ("y = (-2)^3 x", -8.0),
+])
+def test_large_and_tiny_constants_within_float64(src, value):
+    prog = ed.parse(src)
+    assert float(prog.evaluate(x=np.array(1.0))) == value
+    assert ed.parse(str(prog)) == prog

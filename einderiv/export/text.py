@@ -20,6 +20,8 @@ POOL = "ijklmnabcdefghorstuvwxyz" + "αβγεζηθκλμνξπρστυφχψω"
 def format_number(c) -> str:
     if isinstance(c, Fraction):
         if c.denominator == 1:
+            if abs(c.numerator) >= 10**16 and Fraction(repr(float(c))) == c:
+                return repr(float(c))  # 1e+300, not 301 digits (reads back exactly)
             return str(c.numerator)
         d = c.denominator
         while d % 2 == 0:
@@ -49,6 +51,8 @@ def format_indices(indices) -> str:
         return ""
     if all(len(i) == 1 for i in indices):
         return "_" + "".join(indices)
+    if len(indices) == 1:
+        return "_{" + indices[0] + ",}"  # y_{out,}: y_{out} would be three indices (SPEC §1)
     return "_{" + ",".join(indices) + "}"
 
 
