@@ -1190,3 +1190,29 @@ def test_to_source_checks_the_shapes(shapes, match):
     """A shape with the wrong number of axes used to be accepted silently."""
     with pytest.raises(ed.EinderivError, match=match):
         ed.parse("L = x_i x_i").to_source("numpy", shapes=shapes)
+
+
+@pytest.mark.parametrize("target", ["numpy", "numpy-shapes", "torch", "jax"])
+@pytest.mark.parametrize("src, kind", [
+    ("L = x_i y_i", bool),                   # logical and/or on booleans before
+    ("L = x_i x_i", np.int32),               # 2e10 wrapped around in int32 before
+    ("z_i = x_i^2 + y_i", np.int32),
+])
+def test_exported_code_follows_evaluates_dtype_rule(target, src, kind):
+    """Integer and boolean inputs become float64 in exported code, as in evaluate."""
+    p = ed.parse(src)
+    x = np.array([100000, 3], dtype=np.int64).astype(kind)
+    arrays = {"x": x, "y": np.array([1, 1]).astype(kind)}
+    arrays = {k: v for k, v in arrays.items() if k in p.inputs}
+    want = p.evaluate(**arrays)
+    assert want.dtype == np.float64
+    lib, shapes = target.split("-")[0], target.endswith("shapes")
+    if lib != "numpy":
+        module = pytest.importorskip(lib)
+        if lib == "jax":
+            module.config.update("jax_enable_x64", True)
+    fn = _compiled(p.to_source(lib, shapes={k: v.shape for k, v in arrays.items()} if shapes else None))
+    got = fn(*[arrays[k] for k in p.inputs])
+    got = got.numpy() if lib == "torch" else np.asarray(got)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)

@@ -93,6 +93,20 @@ def _shape_expr(dim, names, input_dims, program):
     raise EinderivError(f"no input carries dimension {dim}")  # pragma: no cover
 
 
+def _input_prologue(inputs, target):
+    """The lines that give every input one real dtype, as ``evaluate`` does: integers and
+    booleans become float64, float32 stays (numpy's ``result_type`` with a float)."""
+    listed = ", ".join(inputs)
+    if target == "torch":
+        first = inputs[0]
+        return ([f"dtype = torch.as_tensor({first}).dtype",
+                 "dtype = dtype if dtype.is_floating_point else torch.float64"]
+                + [f"{n} = torch.as_tensor({n}, dtype=dtype)" for n in inputs])
+    xp = "np" if target == "numpy" else "jnp"
+    return ([f"dtype = {xp}.result_type({listed}, 1.0)"]
+            + [f"{n} = {xp}.asarray({n}, dtype=dtype)" for n in inputs])
+
+
 def generate(program, target: str, name: str, shapes=None) -> str:
     if not name.isidentifier() or keyword.iskeyword(name):
         raise EinderivError(f"'{name}' is not a valid Python function name")
@@ -136,6 +150,8 @@ def generate(program, target: str, name: str, shapes=None) -> str:
                 lines.append(f"{tgt} = {src} ** {step.exponent!r}")
         elif isinstance(step, ExprStep):
             _expr_lines(step, tgt, names, plan, program, target, dim_size, lines, helpers)
+    if plan.inputs:
+        lines[:0] = _input_prologue([names[i] for i in plan.inputs], target)
     outs = list(plan.outputs.items())
     if len(outs) == 1:
         lines.append(f"return {names[outs[0][1][0]]}")
