@@ -819,7 +819,7 @@ def _functional_add(out, value, coeff, deltas, expand, order, out_shape, env, re
     else:
         xp = np
     if value is None:
-        value = xp.ones(())
+        value = xp.ones((), dtype=dtype)   # a constant term: in the result dtype (float32 stays)
     if coeff != 1.0:
         value = value * coeff
     if deltas:

@@ -234,6 +234,11 @@ class Program:
         dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
         if dtype.kind in "iub":
             dtype = np.dtype(np.float64)
+        if backend == "jax" and dtype.itemsize == 8 and not _jax_x64():
+            raise InputError(
+                f"backend='jax' would compute these {dtype} inputs in float32: jax has 64-bit "
+                "numbers turned off. Call jax.config.update('jax_enable_x64', True) first, or "
+                "pass float32 arrays")
         if backend != "numpy":
             for (name, value), dt in zip(out.items(), dtypes):
                 if dt != dtype:
@@ -322,8 +327,11 @@ def _as_backend_array(name, value, backend):
         import jax
         import jax.numpy as jnp
         if not isinstance(value, jax.Array):
-            value = jnp.asarray(_numpy_input(name, value))
-        dtype = np.dtype(value.dtype)
+            value = _numpy_input(name, value)
+            dtype = value.dtype          # before jax narrows it (64-bit off): checked in _prepare
+            value = jnp.asarray(value)
+        else:
+            dtype = np.dtype(value.dtype)
     else:
         import dask.array as da
         if not isinstance(value, da.Array):
@@ -331,6 +339,11 @@ def _as_backend_array(name, value, backend):
         dtype = np.dtype(value.dtype)
     _check_dtype(name, dtype)
     return value, dtype
+
+
+def _jax_x64():
+    import jax
+    return bool(jax.config.read("jax_enable_x64"))
 
 
 def _astype(value, dtype, backend):

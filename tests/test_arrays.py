@@ -299,3 +299,34 @@ def test_numpy_inputs_give_the_backends_arrays(backend):
         np.testing.assert_allclose(np.asarray(got), d.evaluate(A=A, B=B), rtol=1e-12)
     got = ed.parse("y_i = x_i").evaluate(x=[1.0, 2.0], backend=backend)
     assert isinstance(got, array_type) and tuple(got.shape) == (2,)
+
+
+def test_jax_without_64_bit_numbers_refuses_float64_instead_of_narrowing():
+    """jax's default (x64 off) turned float64 and integer inputs into float32 silently."""
+    jax = pytest.importorskip("jax")
+    before = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", False)
+    try:
+        p = ed.parse("y = x_i x_i")
+        for x in (np.array([1 + 1e-12]), np.array([3], dtype=np.int64)):
+            with pytest.raises(ed.InputError, match="jax_enable_x64"):
+                p.evaluate(x=x, backend="jax")
+        got = p.evaluate(x=np.array([1.5], dtype=np.float32), backend="jax")
+        assert got.dtype == np.float32 and float(got) == 2.25
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
+@pytest.mark.parametrize("src", ["y_i = sum_j(A_ij x_j) + 0.1", "y_i = 1 - x_i", "y_i = x_i + 2 x_i"])
+def test_dask_keeps_float32_with_constant_terms(src):
+    da = pytest.importorskip("dask.array")
+    p = ed.parse(src)
+    r = np.random.default_rng(0)
+    arrays = {"A": r.normal(size=(3, 4)).astype(np.float32), "x": r.normal(size=4).astype(np.float32)}
+    if "A_ij" not in src:
+        arrays = {"x": arrays["x"]}
+    want = p.evaluate(**arrays)
+    got = p.evaluate(**{k: da.from_array(v, chunks=2) for k, v in arrays.items()}, backend="dask")
+    assert want.dtype == np.float32
+    assert got.dtype == np.float32 and got.compute().dtype == np.float32
+    np.testing.assert_allclose(got.compute(), want, rtol=1e-6)
