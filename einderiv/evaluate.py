@@ -464,7 +464,33 @@ def compile_plan(plan: Plan, dim_size: dict, dtype, backend: str, max_bytes: int
             shapes[step.target] = shapes[step.source]
             check_bytes("an intermediate", shapes[step.target])
             runners.append(_power_runner(step.target, step.source, step.exponent, backend))
+    if backend in ("numpy", "torch"):
+        # a result that may be a view of an input (y_i = x_i, y_ij = A_ji) is copied, so that
+        # writing into it never changes the caller's array
+        outputs = {ref for ref, _ in plan.outputs.values()}
+        for k, step in enumerate(plan.steps):
+            if step.target in outputs and _may_alias(step):
+                runners[k] = _copied(runners[k], step.target, backend)
     return Compiled(runners, plan.outputs, dtype)
+
+
+def _may_alias(step) -> bool:
+    """Whether a step's value can be (a view of) another array: a lone operand, unscaled."""
+    if isinstance(step, PowerStep):
+        return step.exponent == 1.0
+    if isinstance(step, ExprStep) and len(step.terms) == 1:
+        term = step.terms[0]
+        return (len(term.operands) == 1 and not term.deltas and not term.sizes
+                and term.coeff == 1.0)
+    return False
+
+
+def _copied(run, target, backend):
+    def copy_run(env):
+        run(env)
+        value = env[target]
+        env[target] = value.clone() if backend == "torch" else np.array(value, copy=True)
+    return copy_run
 
 
 def _func_runner(target, fn, source):

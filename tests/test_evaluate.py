@@ -462,3 +462,18 @@ def test_einsum_listing_reproduces_evaluate(build, shapes, sizes):
             np.testing.assert_allclose(env[ref], want[name], rtol=1e-12, atol=1e-12)
     else:
         np.testing.assert_allclose(env[p.outputs[-1]], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("src, shape", [("y_i = x_i", (3,)), ("y_ij = A_ji", (2, 3)),
+                                        ("h_i = x_i; y_i = h_i", (3,))])
+def test_results_never_alias_the_inputs(src, shape):
+    """y_i = x_i returned x itself, so writing into the result changed the caller's array."""
+    p = ed.parse(src)
+    name = p.inputs[0]
+    a = np.arange(float(np.prod(shape))).reshape(shape)
+    keep = a.copy()
+    for _ in range(2):                       # the first call compiles, the second is cached
+        out = p.evaluate(**{name: a})
+        assert not np.shares_memory(out, a)
+        out[...] = -1.0
+        np.testing.assert_array_equal(a, keep)
