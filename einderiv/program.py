@@ -41,6 +41,10 @@ _BACKENDS = ("numpy", "torch", "jax", "dask")
 class Program:
     """A parsed program: statements, inputs and outputs. ``str()`` shows every sum."""
 
+    # inputs of the program a derivative came from that its result does not read: accepted by
+    # evaluate and ignored, so one dict of arrays serves the program and its derivatives
+    _unused = frozenset()
+
     def __init__(self, statements, outputs, inputs, members, sizes, labels=None, source=""):
         self.statements = tuple(statements)
         self.outputs = tuple(outputs)
@@ -216,12 +220,14 @@ class Program:
         if missing:
             raise InputError(f"missing input array{'s' if len(missing) > 1 else ''}: "
                              f"{', '.join(missing)} (the inputs are {', '.join(self._inputs)})")
-        extra = [n for n in arrays if n not in self._inputs]
+        extra = [n for n in arrays if n not in self._inputs and n not in self._unused]
         if extra:
             raise InputError(f"unexpected input{'s' if len(extra) > 1 else ''}: {', '.join(extra)} "
                              f"(the inputs are {', '.join(self._inputs) or 'none'})")
         out, dtypes = {}, []
         for name, value in arrays.items():
+            if name not in self._inputs:
+                continue          # an input of the source program that this result does not read
             value, dtype = _as_backend_array(name, value, backend)
             shape = tuple(value.shape)
             ndim = len(self._inputs[name])
@@ -582,6 +588,7 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
                    wrt=[n + format_indices(i) for n, i in zip(parts[2], parts[3])],
                    layout=layout)
     d._analysis = analysis
+    d._unused = frozenset(analysis.inputs) - set(inputs)
     d._label_parts = parts
     d._depends = {k: v for k, v in derived.items() if k in inputs}
     return d
@@ -809,6 +816,7 @@ def differential(src, of=None, sizes=None) -> Program:
     inputs, members = _used_inputs(kept, inputs, members, keep | {"d" + n for n in keep})
     program = Program(kept, ("d" + of,), inputs, members, analysis.sizes, source=source)
     program._analysis = analysis
+    program._unused = frozenset(analysis.inputs) - set(inputs)
     return program
 
 
@@ -917,6 +925,7 @@ def vjp(src, wrt, cotangent="G", of=None, sizes=None) -> Program:
     inputs, members = _used_inputs(kept, inputs, members, _cone(statements, of) | {cotangent})
     program = Program(kept, tuple(keys), inputs, members, analysis.sizes, source=source)
     program._analysis = analysis
+    program._unused = frozenset(analysis.inputs) - set(inputs)
     if not single:
         program._result_keys = keys
     return program

@@ -980,6 +980,12 @@ def test_of_takes_only_the_inputs_it_reads():
     d = ed.diff(MLP_SRC, wrt="W", of="h")
     assert d.inputs == ("W", "x") and "def derivative(W, x)" in d.to_source()
     assert_close(d.evaluate(**arrays), fd_jacobian(h, arrays, "W"), what="of=h")
+    # the source program's other inputs are accepted and ignored (one dict serves both);
+    # a name the source program does not have is still refused
+    t = np.ones(I)
+    np.testing.assert_array_equal(d.evaluate(t=t, **arrays), d.evaluate(**arrays))
+    with pytest.raises(ed.InputError, match="unexpected input: b"):
+        d.evaluate(b=t, **arrays)
     prog = ed.vjp(MLP_SRC, wrt="W", of="h")
     assert prog.inputs == ("W", "x", "G")
     G = np.random.default_rng(69).normal(size=(I,))
