@@ -28,6 +28,7 @@ def explain(src, wrt=None, of=None, layout="numerator", depends=None, sizes=None
     if isinstance(src, Program):
         sizes = None
     names = [st.name for st in program.statements]
+    given_of = of
     of = of or names[-1]
     if of not in names:
         raise EinderivError(f"of='{of}' is not defined by the program (it defines: {', '.join(names)})")
@@ -36,11 +37,14 @@ def explain(src, wrt=None, of=None, layout="numerator", depends=None, sizes=None
     out = _Steps()
 
     # the derivative first: it validates wrt, layout and depends with the core's own messages
-    d = diff(program, wrt_list, of=of, layout=layout, depends=depends) if wrt_list else None
-    var_entries = list(d.wrt) if d is not None else []
+    d = diff(program, wrt_list, of=given_of, layout=layout, depends=depends) if wrt_list else None
+    # a Derivative differentiated again continues its wrt list: explain the new entries only
+    inherited = len(getattr(program, "wrt", ())) if given_of is None else 0
+    var_entries = list(d.wrt)[inherited:] if d is not None else []
 
     intro = f"Differentiate {_lhs(upto[-1])}"
-    if len(program.statements) == 1 and program.source.strip() and "\n" not in program.source.strip():
+    if (len(program.statements) == 1 and program.source.strip() and "\n" not in program.source.strip()
+            and not hasattr(program, "wrt")):
         intro = f"Differentiate {program.source.strip().rstrip(';')}"
     if d is not None:
         intro += " with respect to " + ", then ".join(var_entries)

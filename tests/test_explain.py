@@ -119,3 +119,10 @@ def test_with_respect_to_an_intermediate_its_own_line_is_the_identity():
     step3 = text.split("3. ", 1)[1].split("4. ", 1)[0]
     assert "dh_i/dh_p = δ_ip" in step3 and "dh_i/dh_p = 0" not in step3
     assert "dL/dh_p = 2 h_p" in text
+
+
+def test_a_derivative_explained_again_is_its_next_derivative():
+    """explain(diff(f, x), wrt=x) failed with 'wrt index p is already an index of the result'."""
+    text = ed.explain(ed.diff("L = x_i x_i x_i", wrt="x"), wrt="x")
+    assert "with respect to x_q" in text
+    assert "d²L/dx_p dx_q = 6 δ_pq x_p" in text
