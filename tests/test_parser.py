@@ -216,3 +216,10 @@ def test_wrt_mistakes_say_what_is_wrong(wrt, message):
     with pytest.raises(ed.EinderivError) as info:
         ed.diff("C_ik = A_ij B_jk", wrt=wrt)
     assert message in str(info.value)
+
+
+def test_latex_of_one_multi_letter_index_has_no_stray_comma():
+    """The text form's y_{out,} comma showed up in LaTeX as y_{\\mathrm{out},}."""
+    assert ed.parse("y_{out,} = 2 x_{out,}").latex() == r"y_{\mathrm{out}} = 2 x_{\mathrm{out}}"
+    d = ed.diff("y_{out,} = W_{out,in} x_{in,}", wrt="W_pq")
+    assert d.latex().startswith(r"\frac{\partial y_{\mathrm{out}}}{\partial W_{pq}}")

@@ -131,7 +131,7 @@ def label_latex(program, st) -> str:
 def _idx(text):
     if text.startswith("{"):
         inner = text[1:-1]
-        return tuple(inner.split(",")) if "," in inner else tuple(inner)
+        return tuple(i for i in inner.split(",") if i) if "," in inner else tuple(inner)
     return tuple(text)
 
 
