@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import operator
 import os
 import string
@@ -286,7 +287,8 @@ def set_memory_limit(max_bytes):
 
 def check_memory_limit(max_bytes):
     """Refuse anything but a positive number of bytes (``set_memory_limit``, ``max_bytes=``)."""
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, float)) or not max_bytes > 0:
+    if (isinstance(max_bytes, (bool, np.bool_)) or not isinstance(max_bytes, numbers.Real)
+            or not max_bytes > 0):
         raise EinderivError(f"a memory limit must be a positive number of bytes, got {max_bytes!r}")
 
 

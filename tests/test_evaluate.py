@@ -360,6 +360,17 @@ def test_max_bytes_is_checked_like_set_memory_limit(bad):
         ed.set_memory_limit(bad)
 
 
+def test_numpy_integers_are_memory_limits():
+    """max_bytes=np.int64(...) was refused while sizes= took numpy integers."""
+    np.testing.assert_array_equal(
+        ed.parse("y_i = x_i").evaluate(x=np.ones(3), max_bytes=np.int64(10 ** 6)), np.ones(3))
+    try:
+        ed.set_memory_limit(np.int64(10 ** 9))
+        assert ed.memory_limit() == 10 ** 9
+    finally:
+        ed.set_memory_limit(None)
+
+
 # --- einsum(): the listing is executable ---------------------------------------------------
 
 _ELEMENTWISE = {"tanh": np.tanh, "exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos,
