@@ -299,6 +299,9 @@ def _einsum_term(step, term, members):
 
 def _numpy_input(name, value):
     """``value`` as a numpy array of a real number type, else InputError."""
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        raise InputError(f"input '{name}' is a masked array with masked entries, which einderiv "
+                         f"would ignore; fill them first ({name}.filled(value))")
     try:
         value = np.asarray(value)
     except Exception as err:  # noqa: BLE001 - any conversion failure is a user error

@@ -330,3 +330,12 @@ def test_dask_keeps_float32_with_constant_terms(src):
     assert want.dtype == np.float32
     assert got.dtype == np.float32 and got.compute().dtype == np.float32
     np.testing.assert_allclose(got.compute(), want, rtol=1e-6)
+
+
+def test_masked_entries_are_refused_not_dropped():
+    p = ed.parse("L = x_i x_i")
+    x = np.ma.masked_array([1.0, 2.0, 3.0], mask=[False, True, False])
+    with pytest.raises(ed.InputError, match="masked"):
+        p.evaluate(x=x)
+    assert float(p.evaluate(x=x.filled(0.0))) == 10.0
+    assert float(p.evaluate(x=np.ma.masked_array([1.0, 2.0]))) == 5.0    # nothing masked
