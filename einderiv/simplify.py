@@ -169,6 +169,10 @@ def const_value(e: Expr):
 
 def factor_expr(factor) -> Expr:
     """The expression made of one factor."""
+    if type(factor) is Tensor:  # already canonical: no δ, no power, every index free
+        dims = dict(zip(factor.indices, factor.dims))
+        order = tuple(sorted(dims))
+        return Expr(order, tuple(dims[i] for i in order), (Term(ONE, (factor,)),))
     return expr(factor_dims(factor), [Term(ONE, (factor,))])
 
 
@@ -419,15 +423,19 @@ _NORMAL: dict = {}
 
 def normalize_term(coeff, factors, free) -> Term | None:
     """Simplify one product in the context of the free indices ``free``; None if zero."""
-    coeff = _number(coeff)
-    if coeff == 0:
+    return _normalize_term(coeff, tuple(factors), frozenset(free))
+
+
+def _normalize_term(coeff, factors: tuple, free: frozenset) -> Term | None:
+    coeff = _within_float(coeff) if type(coeff) is Fraction else _number(coeff)
+    if not coeff:
         return None
-    key = (tuple(factors), frozenset(free))
+    key = (factors, free)
     hit = _NORMAL.get(key)
     if hit is None:
         if len(_NORMAL) > 100000:
             _NORMAL.clear()
-        hit = _NORMAL[key] = _normalize_factors(list(factors), key[1])
+        hit = _NORMAL[key] = _normalize_factors(list(factors), free)
     if hit is False:
         return None
     multiplier, canonical = hit
@@ -468,12 +476,12 @@ def _normalize_factors(factors: list, free):
 
 def expr(dims: dict, terms) -> Expr:
     """The canonical Expr over the index set ``dims`` (index → dimension) with these terms."""
-    free = set(dims)
+    free = frozenset(dims)
     merged: dict = {}
     pending = list(terms)
     while pending:
         t = pending.pop()
-        nt = normalize_term(t.coeff, t.factors, free)
+        nt = _normalize_term(t.coeff, t.factors, free)
         if nt is None:
             continue
         lone = nt.factors[0] if len(nt.factors) == 1 else None
@@ -482,13 +490,15 @@ def expr(dims: dict, terms) -> Expr:
             avoid = free | set(term_indices(nt))
             pending.extend(Term(nt.coeff * g.coeff, g.factors) for g in _lift(lone.base, avoid))
             continue
-        merged[nt.factors] = _number(merged.get(nt.factors, 0) + nt.coeff)
+        old = merged.get(nt.factors)
+        merged[nt.factors] = nt.coeff if old is None else _number(old + nt.coeff)
     if len(merged) > MAX_TERMS:
         raise EinderivError(
             f"the expression grew to {len(merged)} terms (limit {MAX_TERMS}); "
             "differentiate fewer times or simplify the formula")
     kept = [Term(c, f) for f, c in merged.items() if c != 0]
-    kept.sort(key=lambda t: (tuple(factor_key(f) for f in t.factors), _coeff_key(t.coeff)))
+    if len(kept) > 1:
+        kept.sort(key=lambda t: (tuple(factor_key(f) for f in t.factors), _coeff_key(t.coeff)))
     order = tuple(sorted(free))
     return Expr(order, tuple(dims[i] for i in order), tuple(kept))
 
