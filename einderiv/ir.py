@@ -43,6 +43,21 @@ class Tensor:
     name: str
     indices: tuple[str, ...]
     dims: tuple = ()
+    _hash: int = field(default=0, compare=False, repr=False)
+
+    def __hash__(self):  # cached: tensors are dictionary keys all through simplification
+        h = self._hash
+        if not h:
+            h = hash((self.name, self.indices, self.dims)) or 1
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if type(other) is not Tensor:
+            return NotImplemented
+        return self.name == other.name and self.indices == other.indices and self.dims == other.dims
 
 
 @dataclass(frozen=True, slots=True)
