@@ -409,11 +409,10 @@ def _canonicalize(coeff, factors: list, free: set) -> Term:
         if all(mapping[d] == d for d in dummies):
             factors.sort(key=factor_key)
             return Term(coeff, tuple(factors))
-        # two-step rename so canonical names never capture each other
-        temp = {d: fresh_index() for d in dummies}
-        factors = [rename_factor(f, temp) for f in factors]
-        factors = [rename_factor(f, {temp[d]: mapping[d] for d in dummies}) for f in factors]
-        factors = [_settle(f, renamed=bool(dummies.intersection(factor_indices(f)))) for f in factors]
+        # one simultaneous rename, so canonical names never capture each other
+        rename = {d: mapping[d] for d in dummies if mapping[d] != d}
+        factors = [_settle(rename_factor(f, rename), renamed=True)
+                   if not dummies.isdisjoint(factor_indices(f)) else f for f in factors]
     factors.sort(key=factor_key)
     return Term(coeff, tuple(factors))
 
