@@ -614,7 +614,8 @@ def func(name: str, arg: Expr) -> Expr:
         value = arg.terms[0].coeff
     if value is not None:
         return const(_fold(name, value), arg.dim_map)
-    return expr(arg.dim_map, [Term(ONE, (Func(name, arg),))])
+    # what expr() makes of the one factor: nothing to merge or sum, the argument settled
+    return Expr(arg.indices, arg.dims, (Term(ONE, (_settle(Func(name, arg)),)),))
 
 
 def power(base: Expr, exponent: Expr) -> Expr:
