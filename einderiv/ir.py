@@ -176,16 +176,20 @@ class Expr:
 
 def factor_indices(factor) -> tuple[str, ...]:
     """The distinct indices a factor carries, in order of appearance."""
-    if isinstance(factor, Tensor):
-        return tuple(dict.fromkeys(factor.indices))
-    if isinstance(factor, Delta):
-        return (factor.a,) if factor.a == factor.b else (factor.a, factor.b)
-    if isinstance(factor, Size):
-        return ()
-    if isinstance(factor, Func):
+    kind = type(factor)
+    if kind is Tensor:
+        indices = factor.indices
+        if len(indices) < 2 or (len(indices) == 2 and indices[0] != indices[1]):
+            return indices
+        return tuple(dict.fromkeys(indices))
+    if kind is Func:
         return factor.arg.indices
-    if isinstance(factor, Power):
+    if kind is Power:
         return factor.base.indices
+    if kind is Delta:
+        return (factor.a,) if factor.a == factor.b else (factor.a, factor.b)
+    if kind is Size:
+        return ()
     raise TypeError(f"not a factor: {factor!r}")
 
 
@@ -213,10 +217,13 @@ def term_dims(factors) -> dict:
 
 def term_indices(term: Term) -> tuple[str, ...]:
     """Every index of a term, in order of first appearance."""
+    factors = term.factors
+    if len(factors) == 1:
+        return factor_indices(factors[0])
     seen = {}
-    for factor in term.factors:
+    for factor in factors:
         for index in factor_indices(factor):
-            seen.setdefault(index, None)
+            seen[index] = None   # a key seen before keeps its place
     return tuple(seen)
 
 
