@@ -195,7 +195,7 @@ def factor_indices(factor) -> tuple[str, ...]:
 
 def factor_dims(factor) -> dict:
     """The dimension of every index a factor carries."""
-    if isinstance(factor, Tensor):
+    if type(factor) is Tensor:
         return dict(zip(factor.indices, factor.dims))
     if isinstance(factor, Delta):
         return {factor.a: factor.dim, factor.b: factor.dim}
@@ -262,7 +262,7 @@ def tensor_names(expr: Expr) -> list[str]:
 # --- renaming -------------------------------------------------------------------------------
 
 def rename_factor(factor, mapping: dict):
-    if isinstance(factor, Tensor):
+    if type(factor) is Tensor:
         return Tensor(factor.name, tuple(mapping.get(i, i) for i in factor.indices), factor.dims)
     if isinstance(factor, Delta):
         a, b = mapping.get(factor.a, factor.a), mapping.get(factor.b, factor.b)

@@ -375,10 +375,13 @@ def _scan_fresh(e: Expr) -> bool:
 def _settle(f, renamed=False):
     """Re-canonicalize the nested expression of a factor after a rename changed the names
     it is sorted by, or moved its summed indices aside."""
-    if isinstance(f, Func) and (renamed or _has_fresh(f.arg)):
-        return Func(f.name, expr(f.arg.dim_map, f.arg.terms))
-    if isinstance(f, Power) and (renamed or _has_fresh(f.base)):
-        return Power(expr(f.base.dim_map, f.base.terms), f.exponent)
+    kind = type(f)
+    if kind is Func:
+        if renamed or _has_fresh(f.arg):
+            return Func(f.name, expr(f.arg.dim_map, f.arg.terms))
+    elif kind is Power:
+        if renamed or _has_fresh(f.base):
+            return Power(expr(f.base.dim_map, f.base.terms), f.exponent)
     return f
 
 
