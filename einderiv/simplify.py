@@ -72,6 +72,15 @@ def _power_of_number(c, n):
     return _decimal(result)
 
 
+def times(a, b):
+    """``a · b`` for coefficients, without arithmetic when one of them is the common 1."""
+    if a is ONE:
+        return b
+    if b is ONE:
+        return a
+    return a * b
+
+
 # --- keys: a total order on factors, summed indices masked -----------------------------------
 
 def _name(index, mask):
@@ -441,7 +450,9 @@ def _normalize_term(coeff, factors: tuple, free: frozenset) -> Term | None:
     if hit is False:
         return None
     multiplier, canonical = hit
-    return Term(_number(coeff * multiplier) if multiplier != 1 else coeff, canonical)
+    if multiplier is ONE or multiplier == 1:
+        return Term(coeff, canonical)
+    return Term(_number(coeff * multiplier), canonical)
 
 
 def _normalize_factors(factors: list, free):
@@ -490,7 +501,7 @@ def expr(dims: dict, terms) -> Expr:
         if isinstance(lone, Power) and len(lone.base.terms) > 1 and const_value(lone.exponent) == 1:
             # a parenthesized sum that multiplies nothing is just its terms
             avoid = free | set(term_indices(nt))
-            pending.extend(Term(nt.coeff * g.coeff, g.factors) for g in _lift(lone.base, avoid))
+            pending.extend(Term(times(nt.coeff, g.coeff), g.factors) for g in _lift(lone.base, avoid))
             continue
         old = merged.get(nt.factors)
         merged[nt.factors] = nt.coeff if old is None else _number(old + nt.coeff)
@@ -498,7 +509,7 @@ def expr(dims: dict, terms) -> Expr:
         raise EinderivError(
             f"the expression grew to {len(merged)} terms (limit {MAX_TERMS}); "
             "differentiate fewer times or simplify the formula")
-    kept = [Term(c, f) for f, c in merged.items() if c != 0]
+    kept = [Term(c, f) for f, c in merged.items() if c]   # a coefficient that is not 0
     if len(kept) > 1:
         kept.sort(key=lambda t: (tuple(factor_key(f) for f in t.factors), _coeff_key(t.coeff)))
     order = tuple(sorted(free))
@@ -572,7 +583,7 @@ def mul(*exprs: Expr) -> Expr:
             raise EinderivError(
                 f"the product expands to {len(products) * len(lifted)} terms "
                 f"(limit {MAX_TERMS})")
-        products = [Term(p.coeff * t.coeff, p.factors + t.factors)
+        products = [Term(times(p.coeff, t.coeff), p.factors + t.factors)
                     for p in products for t in lifted]
     return expr(dims, products)
 
