@@ -434,11 +434,14 @@ _NORMAL: dict = {}
 
 def normalize_term(coeff, factors, free) -> Term | None:
     """Simplify one product in the context of the free indices ``free``; None if zero."""
-    return _normalize_term(coeff, tuple(factors), frozenset(free))
+    hit = _normalized(coeff, tuple(factors), frozenset(free))
+    return None if hit is None else Term(*hit)
 
 
-def _normalize_term(coeff, factors: tuple, free: frozenset) -> Term | None:
-    coeff = _within_float(coeff) if type(coeff) is Fraction else _number(coeff)
+def _normalized(coeff, factors: tuple, free: frozenset):
+    """(coefficient, canonical factors) of a product, or None if it is zero."""
+    if coeff is not ONE:
+        coeff = _within_float(coeff) if type(coeff) is Fraction else _number(coeff)
     if not coeff:
         return None
     key = (factors, free)
@@ -451,8 +454,8 @@ def _normalize_term(coeff, factors: tuple, free: frozenset) -> Term | None:
         return None
     multiplier, canonical = hit
     if multiplier is ONE or multiplier == 1:
-        return Term(coeff, canonical)
-    return Term(_number(coeff * multiplier), canonical)
+        return coeff, canonical
+    return _number(coeff * multiplier), canonical
 
 
 def _normalize_factors(factors: list, free):
@@ -494,17 +497,19 @@ def expr(dims: dict, terms) -> Expr:
     pending = list(terms)
     while pending:
         t = pending.pop()
-        nt = _normalize_term(t.coeff, t.factors, free)
-        if nt is None:
+        hit = _normalized(t.coeff, t.factors, free)
+        if hit is None:
             continue
-        lone = nt.factors[0] if len(nt.factors) == 1 else None
-        if isinstance(lone, Power) and len(lone.base.terms) > 1 and const_value(lone.exponent) == 1:
-            # a parenthesized sum that multiplies nothing is just its terms
-            avoid = free | set(term_indices(nt))
-            pending.extend(Term(times(nt.coeff, g.coeff), g.factors) for g in _lift(lone.base, avoid))
-            continue
-        old = merged.get(nt.factors)
-        merged[nt.factors] = nt.coeff if old is None else _number(old + nt.coeff)
+        coeff, factors = hit
+        if len(factors) == 1 and type(factors[0]) is Power:
+            lone = factors[0]
+            if len(lone.base.terms) > 1 and const_value(lone.exponent) == 1:
+                # a parenthesized sum that multiplies nothing is just its terms
+                avoid = free | set(factor_indices(lone))
+                pending.extend(Term(times(coeff, g.coeff), g.factors) for g in _lift(lone.base, avoid))
+                continue
+        old = merged.get(factors)
+        merged[factors] = coeff if old is None else _number(old + coeff)
     if len(merged) > MAX_TERMS:
         raise EinderivError(
             f"the expression grew to {len(merged)} terms (limit {MAX_TERMS}); "
