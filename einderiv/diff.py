@@ -58,7 +58,7 @@ def _distribute(rest: Expr, df: Expr):
     taken = set(term_indices(r))
     df = S.group(df)
     lifted = S._lift(df, taken | S._all_names(df) - set(df.indices))
-    return [Term(r.coeff * t.coeff, r.factors + t.factors) for t in lifted]
+    return [Term(S.times(r.coeff, t.coeff), r.factors + t.factors) for t in lifted]
 
 
 @singledispatch

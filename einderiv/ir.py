@@ -43,6 +43,21 @@ class Tensor:
     name: str
     indices: tuple[str, ...]
     dims: tuple = ()
+    _hash: int = field(default=0, compare=False, repr=False)
+
+    def __hash__(self):  # cached: tensors are dictionary keys all through simplification
+        h = self._hash
+        if not h:
+            h = hash((self.name, self.indices, self.dims)) or 1
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if type(other) is not Tensor:
+            return NotImplemented
+        return self.name == other.name and self.indices == other.indices and self.dims == other.dims
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,22 +176,26 @@ class Expr:
 
 def factor_indices(factor) -> tuple[str, ...]:
     """The distinct indices a factor carries, in order of appearance."""
-    if isinstance(factor, Tensor):
-        return tuple(dict.fromkeys(factor.indices))
-    if isinstance(factor, Delta):
-        return (factor.a,) if factor.a == factor.b else (factor.a, factor.b)
-    if isinstance(factor, Size):
-        return ()
-    if isinstance(factor, Func):
+    kind = type(factor)
+    if kind is Tensor:
+        indices = factor.indices
+        if len(indices) < 2 or (len(indices) == 2 and indices[0] != indices[1]):
+            return indices
+        return tuple(dict.fromkeys(indices))
+    if kind is Func:
         return factor.arg.indices
-    if isinstance(factor, Power):
+    if kind is Power:
         return factor.base.indices
+    if kind is Delta:
+        return (factor.a,) if factor.a == factor.b else (factor.a, factor.b)
+    if kind is Size:
+        return ()
     raise TypeError(f"not a factor: {factor!r}")
 
 
 def factor_dims(factor) -> dict:
     """The dimension of every index a factor carries."""
-    if isinstance(factor, Tensor):
+    if type(factor) is Tensor:
         return dict(zip(factor.indices, factor.dims))
     if isinstance(factor, Delta):
         return {factor.a: factor.dim, factor.b: factor.dim}
@@ -198,10 +217,13 @@ def term_dims(factors) -> dict:
 
 def term_indices(term: Term) -> tuple[str, ...]:
     """Every index of a term, in order of first appearance."""
+    factors = term.factors
+    if len(factors) == 1:
+        return factor_indices(factors[0])
     seen = {}
-    for factor in term.factors:
+    for factor in factors:
         for index in factor_indices(factor):
-            seen.setdefault(index, None)
+            seen[index] = None   # a key seen before keeps its place
     return tuple(seen)
 
 
@@ -240,7 +262,7 @@ def tensor_names(expr: Expr) -> list[str]:
 # --- renaming -------------------------------------------------------------------------------
 
 def rename_factor(factor, mapping: dict):
-    if isinstance(factor, Tensor):
+    if type(factor) is Tensor:
         return Tensor(factor.name, tuple(mapping.get(i, i) for i in factor.indices), factor.dims)
     if isinstance(factor, Delta):
         a, b = mapping.get(factor.a, factor.a), mapping.get(factor.b, factor.b)

@@ -632,7 +632,7 @@ def fold_intermediates(e: Expr, statements) -> Expr:
     from .evaluate import _canonical
     from .ir import Func, Power, factor_indices, factor_dims
     table = {}
-    kinds = set()
+    pending = {}   # kind -> definitions of that kind not yet in the table
 
     def _kind(f, depth):
         return (f.name if isinstance(f, Func) else "^", len(factor_indices(f)), depth)
@@ -642,11 +642,18 @@ def fold_intermediates(e: Expr, statements) -> Expr:
         if len(ex.terms) == 1 and ex.terms[0].coeff == 1 and len(ex.terms[0].factors) == 1:
             f = ex.terms[0].factors[0]
             if isinstance(f, (Func, Power)) and set(factor_indices(f)) == set(st.indices):
-                key, order = _canonical(st.indices, f)
-                table[key] = (st, order)
-                kinds.add(_kind(f, _nesting(f, {})))
-    if not table:
+                pending.setdefault(_kind(f, _nesting(f, {})), []).append((st, f))
+    if not pending:
         return e
+    kinds = set(pending)
+
+    def lookup(kind, key):
+        """The definition with this canonical key; the definitions of a kind are put in
+        canonical form only when a factor of that kind first turns up."""
+        for st, f in pending.pop(kind, ()):
+            k, order = _canonical(st.indices, f)
+            table[k] = (st, order)
+        return table.get(key)
     # Only a factor of the kind, index count and nesting depth of a definition can repeat it;
     # canonicalizing every nested factor instead made deep nesting take minutes.
     memo: dict = {}   # id(factor) -> (folded factor, its depth, the factor kept alive)
@@ -687,7 +694,7 @@ def fold_intermediates(e: Expr, statements) -> Expr:
         if _kind(f, depth) not in kinds:
             return f, depth
         key, order = _canonical(factor_indices(f), f)
-        hit = table.get(key)
+        hit = lookup(_kind(f, depth), key)
         if hit is None:
             return f, depth
         st, st_order = hit

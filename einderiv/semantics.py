@@ -218,8 +218,9 @@ def analyze(text: str, sizes=None) -> Analysis:
     for n, st in enumerate(stmts):
         lhs_dims = {i: dim(n, i) for i in st.indices}
         rhs = _build_statement(text, st, n, dim, defined, lambda name, axis: reps[uf.find(("T", name, axis))])
-        statements.append(Statement(st.name, st.indices, tuple(lhs_dims[i] for i in st.indices),
-                                    S.add(rhs, S.zero(lhs_dims))))
+        if rhs.dim_map != lhs_dims:  # a canonical rhs over the left-hand indices is the statement
+            rhs = S.add(rhs, S.zero(lhs_dims))
+        statements.append(Statement(st.name, st.indices, tuple(lhs_dims[i] for i in st.indices), rhs))
     inputs = {name: tuple(reps[uf.find(("T", name, a))] for a in range(input_ndim[name][0]))
               for name in input_order}
     return Analysis(tuple(statements), inputs, members, sizes, unsized)
@@ -298,8 +299,12 @@ def _build_statement(text, st: Stmt, n, dim, defined, input_dim) -> Expr:
     terms = []
     for op, child in items:
         e = build(child)
-        e = S.contract(e, [i for i in e.indices if i not in lhs])
+        summed = [i for i in e.indices if i not in lhs]
+        if summed:
+            e = S.contract(e, summed)
         terms.append(S.scale(e, -1) if op == "-" else e)
+    if len(terms) == 1:  # already canonical
+        return terms[0]
     try:
         return S.add(*terms)
     except EinderivError as err:  # e.g. 1e308 x_i + 1e308 x_i: a constant beyond float64

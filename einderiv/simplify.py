@@ -72,6 +72,15 @@ def _power_of_number(c, n):
     return _decimal(result)
 
 
+def times(a, b):
+    """``a · b`` for coefficients, without arithmetic when one of them is the common 1."""
+    if a is ONE:
+        return b
+    if b is ONE:
+        return a
+    return a * b
+
+
 # --- keys: a total order on factors, summed indices masked -----------------------------------
 
 def _name(index, mask):
@@ -169,6 +178,10 @@ def const_value(e: Expr):
 
 def factor_expr(factor) -> Expr:
     """The expression made of one factor."""
+    if type(factor) is Tensor:  # already canonical: no δ, no power, every index free
+        dims = dict(zip(factor.indices, factor.dims))
+        order = tuple(sorted(dims))
+        return Expr(order, tuple(dims[i] for i in order), (Term(ONE, (factor,)),))
     return expr(factor_dims(factor), [Term(ONE, (factor,))])
 
 
@@ -371,10 +384,13 @@ def _scan_fresh(e: Expr) -> bool:
 def _settle(f, renamed=False):
     """Re-canonicalize the nested expression of a factor after a rename changed the names
     it is sorted by, or moved its summed indices aside."""
-    if isinstance(f, Func) and (renamed or _has_fresh(f.arg)):
-        return Func(f.name, expr(f.arg.dim_map, f.arg.terms))
-    if isinstance(f, Power) and (renamed or _has_fresh(f.base)):
-        return Power(expr(f.base.dim_map, f.base.terms), f.exponent)
+    kind = type(f)
+    if kind is Func:
+        if renamed or _has_fresh(f.arg):
+            return Func(f.name, expr(f.arg.dim_map, f.arg.terms))
+    elif kind is Power:
+        if renamed or _has_fresh(f.base):
+            return Power(expr(f.base.dim_map, f.base.terms), f.exponent)
     return f
 
 
@@ -405,11 +421,10 @@ def _canonicalize(coeff, factors: list, free: set) -> Term:
         if all(mapping[d] == d for d in dummies):
             factors.sort(key=factor_key)
             return Term(coeff, tuple(factors))
-        # two-step rename so canonical names never capture each other
-        temp = {d: fresh_index() for d in dummies}
-        factors = [rename_factor(f, temp) for f in factors]
-        factors = [rename_factor(f, {temp[d]: mapping[d] for d in dummies}) for f in factors]
-        factors = [_settle(f, renamed=bool(dummies.intersection(factor_indices(f)))) for f in factors]
+        # one simultaneous rename, so canonical names never capture each other
+        rename = {d: mapping[d] for d in dummies if mapping[d] != d}
+        factors = [_settle(rename_factor(f, rename), renamed=True)
+                   if not dummies.isdisjoint(factor_indices(f)) else f for f in factors]
     factors.sort(key=factor_key)
     return Term(coeff, tuple(factors))
 
@@ -419,19 +434,28 @@ _NORMAL: dict = {}
 
 def normalize_term(coeff, factors, free) -> Term | None:
     """Simplify one product in the context of the free indices ``free``; None if zero."""
-    coeff = _number(coeff)
-    if coeff == 0:
+    hit = _normalized(coeff, tuple(factors), frozenset(free))
+    return None if hit is None else Term(*hit)
+
+
+def _normalized(coeff, factors: tuple, free: frozenset):
+    """(coefficient, canonical factors) of a product, or None if it is zero."""
+    if coeff is not ONE:
+        coeff = _within_float(coeff) if type(coeff) is Fraction else _number(coeff)
+    if not coeff:
         return None
-    key = (tuple(factors), frozenset(free))
+    key = (factors, free)
     hit = _NORMAL.get(key)
     if hit is None:
         if len(_NORMAL) > 100000:
             _NORMAL.clear()
-        hit = _NORMAL[key] = _normalize_factors(list(factors), key[1])
+        hit = _NORMAL[key] = _normalize_factors(list(factors), free)
     if hit is False:
         return None
     multiplier, canonical = hit
-    return Term(_number(coeff * multiplier) if multiplier != 1 else coeff, canonical)
+    if multiplier is ONE or multiplier == 1:
+        return coeff, canonical
+    return _number(coeff * multiplier), canonical
 
 
 def _normalize_factors(factors: list, free):
@@ -468,27 +492,31 @@ def _normalize_factors(factors: list, free):
 
 def expr(dims: dict, terms) -> Expr:
     """The canonical Expr over the index set ``dims`` (index → dimension) with these terms."""
-    free = set(dims)
+    free = frozenset(dims)
     merged: dict = {}
     pending = list(terms)
     while pending:
         t = pending.pop()
-        nt = normalize_term(t.coeff, t.factors, free)
-        if nt is None:
+        hit = _normalized(t.coeff, t.factors, free)
+        if hit is None:
             continue
-        lone = nt.factors[0] if len(nt.factors) == 1 else None
-        if isinstance(lone, Power) and len(lone.base.terms) > 1 and const_value(lone.exponent) == 1:
-            # a parenthesized sum that multiplies nothing is just its terms
-            avoid = free | set(term_indices(nt))
-            pending.extend(Term(nt.coeff * g.coeff, g.factors) for g in _lift(lone.base, avoid))
-            continue
-        merged[nt.factors] = _number(merged.get(nt.factors, 0) + nt.coeff)
+        coeff, factors = hit
+        if len(factors) == 1 and type(factors[0]) is Power:
+            lone = factors[0]
+            if len(lone.base.terms) > 1 and const_value(lone.exponent) == 1:
+                # a parenthesized sum that multiplies nothing is just its terms
+                avoid = free | set(factor_indices(lone))
+                pending.extend(Term(times(coeff, g.coeff), g.factors) for g in _lift(lone.base, avoid))
+                continue
+        old = merged.get(factors)
+        merged[factors] = coeff if old is None else _number(old + coeff)
     if len(merged) > MAX_TERMS:
         raise EinderivError(
             f"the expression grew to {len(merged)} terms (limit {MAX_TERMS}); "
             "differentiate fewer times or simplify the formula")
-    kept = [Term(c, f) for f, c in merged.items() if c != 0]
-    kept.sort(key=lambda t: (tuple(factor_key(f) for f in t.factors), _coeff_key(t.coeff)))
+    kept = [Term(c, f) for f, c in merged.items() if c]   # a coefficient that is not 0
+    if len(kept) > 1:
+        kept.sort(key=lambda t: (tuple(factor_key(f) for f in t.factors), _coeff_key(t.coeff)))
     order = tuple(sorted(free))
     return Expr(order, tuple(dims[i] for i in order), tuple(kept))
 
@@ -560,7 +588,7 @@ def mul(*exprs: Expr) -> Expr:
             raise EinderivError(
                 f"the product expands to {len(products) * len(lifted)} terms "
                 f"(limit {MAX_TERMS})")
-        products = [Term(p.coeff * t.coeff, p.factors + t.factors)
+        products = [Term(times(p.coeff, t.coeff), p.factors + t.factors)
                     for p in products for t in lifted]
     return expr(dims, products)
 
@@ -605,7 +633,8 @@ def func(name: str, arg: Expr) -> Expr:
         value = arg.terms[0].coeff
     if value is not None:
         return const(_fold(name, value), arg.dim_map)
-    return expr(arg.dim_map, [Term(ONE, (Func(name, arg),))])
+    # what expr() makes of the one factor: nothing to merge or sum, the argument settled
+    return Expr(arg.indices, arg.dims, (Term(ONE, (_settle(Func(name, arg)),)),))
 
 
 def power(base: Expr, exponent: Expr) -> Expr:
