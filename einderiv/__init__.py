@@ -9,7 +9,8 @@ import sys as _sys
 
 from .errors import EinderivError, EinderivSyntaxError, IndexSizeError, InputError
 from .evaluate import memory_limit, set_memory_limit
-from .program import Derivative, EinsumTerm, ElementwiseStep, Program, diff, differential, parse, vjp
+from .program import Derivative, EinsumTerm, ElementwiseStep, Program, parse
+from .transforms import diff, differential, vjp
 from .explain import explain, matrix_form
 
 __all__ = [

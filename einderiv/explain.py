@@ -23,7 +23,8 @@ def explain(src, wrt=None, of=None, layout="numerator", depends=None, sizes=None
 
     Without ``wrt`` the differential alone is explained.
     """
-    from .program import Program, diff, differential, parse
+    from .program import Program, parse
+    from .transforms import diff, differential
     program = src if isinstance(src, Program) else parse(src, sizes=sizes)
     if isinstance(src, Program):
         sizes = None

@@ -14,7 +14,6 @@ import inspect
 import math
 
 import numpy as np
-import opt_einsum as oe
 
 __all__ = ["compile_contraction", "contraction_source", "compile_gram", "gram_source",
            "gram", "GRAM_HELPER", "smallest_operand"]
