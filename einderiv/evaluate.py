@@ -328,6 +328,7 @@ def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict,
                     f"but index '{index}', which runs along it, has size {n} in {name} (axis {axis})")
             dim_size.setdefault(d, n)
             seen.setdefault(d, (name, axis, n))
+    carried = set(dim_size)        # the dimensions the arrays give
     for index, n in sizes.items():
         targets = [d for d in (output_dims or {}).get(index, ())] if output_dims else []
         targets += [d for d, group in members.items()
@@ -336,6 +337,12 @@ def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict,
             if strict is None or index in strict:
                 raise IndexSizeError(f"sizes gives index '{index}', which the formula does not use")
             continue
+        unsized = [d for d in targets if d not in carried]
+        if unsized and len(unsized) < len(targets):
+            # the index names a dimension no array carries (j in y_i = h_i sum_j(1)) and, in
+            # another statement, one an array carries (h_i = sum_j(W_ij x_j)): the size is for
+            # the first; the others take theirs from the arrays
+            targets = unsized
         for d in targets:
             if d in dim_size and dim_size[d] != n:
                 name, ax, m = seen[d]
@@ -343,17 +350,24 @@ def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict,
                 raise IndexSizeError(f"sizes gives index '{index}' size {n}, but {where}")
             dim_size.setdefault(d, n)
             seen.setdefault(d, ("sizes", None, n))
+    marked = {}                    # index -> the dimensions a parse-time sizes= entry names
     for d, group in members.items():
         for tensor, axis, index, _ in group:
             if tensor == "sizes" and index in sizes:
-                n = sizes[index]
-                if d in dim_size and dim_size[d] != n:
-                    name, ax, m = seen[d]
-                    raise IndexSizeError(
-                        f"sizes gives index '{index}' size {n}, but {name} has size {m} "
-                        f"along it (axis {ax})")
-                dim_size.setdefault(d, n)
-                seen.setdefault(d, ("sizes", None, n))
+                marked.setdefault(index, []).append(d)
+    for index, dims in marked.items():
+        unsized = [d for d in dims if d not in carried]
+        if unsized and len(unsized) < len(dims):
+            dims = unsized         # as above: the size is for the dimension no array carries
+        n = sizes[index]
+        for d in dims:
+            if d in dim_size and dim_size[d] != n:
+                name, ax, m = seen[d]
+                raise IndexSizeError(
+                    f"sizes gives index '{index}' size {n}, but {name} has size {m} "
+                    f"along it (axis {ax})")
+            dim_size.setdefault(d, n)
+            seen.setdefault(d, ("sizes", None, n))
     return dim_size
 
 

@@ -488,3 +488,18 @@ def test_results_never_alias_the_inputs(src, shape):
         assert not np.shares_memory(out, a)
         out[...] = -1.0
         np.testing.assert_array_equal(a, keep)
+
+
+@pytest.mark.parametrize("where", ["parse", "evaluate"])
+def test_sizes_name_the_dimension_no_array_carries(where):
+    """j is W's axis in the first statement and a free-standing sum in the second; sizes=
+    gives the second (it raised 'W has size 3 along it' before)."""
+    src = "h_i = sum_j(W_ij x_j); y_i = h_i sum_j(1)"
+    W, x = rng.normal(size=(2, 3)), rng.normal(size=3)
+    if where == "parse":
+        got = ed.parse(src, sizes={"j": 4}).evaluate(W=W, x=x)
+    else:
+        got = ed.parse(src).evaluate(W=W, x=x, sizes={"j": 4})
+    np.testing.assert_allclose(got, 4 * (W @ x), rtol=1e-12)
+    with pytest.raises(ed.IndexSizeError, match="sizes gives index 'j' size 4, but x has size 3"):
+        ed.parse("L = x_j z_j", sizes={"j": 4}).evaluate(x=np.ones(3), z=np.ones(3))
