@@ -1222,3 +1222,69 @@ def test_exported_code_follows_evaluates_dtype_rule(target, src, kind):
     got = got.numpy() if lib == "torch" else np.asarray(got)
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("target", ["numpy", "torch", "jax"])
+def test_exported_names_that_python_reads_as_one_stay_apart(target):
+    """Python reads identifiers in NFKC form: 'ﬁ' (a ligature) is 'fi', so the export
+    overwrote the input fi with the intermediate ﬁ (98 instead of 360)."""
+    if target != "numpy":
+        lib = pytest.importorskip(target)
+        if target == "jax":
+            lib.config.update("jax_enable_x64", True)
+    p = ed.parse("ﬁ_i = x_i^2; L = sum_i(fi_i ﬁ_i)")
+    arrays = {"x": np.array([1.0, 2.0, 3.0]), "fi": np.array([10.0, 20.0, 30.0])}
+    fn = _compiled(p.to_source(target))
+    got = fn(*[arrays[k] for k in p.inputs])
+    assert float(got) == float(p.evaluate(**arrays)) == 360.0
+    p = ed.parse("L = x_i 𝐱_i")                    # two parameters that Python reads as one
+    assert float(_compiled(p.to_source(target))(np.ones(2), 2 * np.ones(2))) == 4.0
+
+
+@pytest.mark.parametrize("target", ["numpy", "numpy-shapes", "torch", "jax"])
+def test_exported_code_takes_the_size_that_only_sizes_gives(target):
+    """size_j was used in the body but missing from the parameters (NameError)."""
+    lib = target.split("-")[0]
+    if lib != "numpy":
+        module = pytest.importorskip(lib)
+        if lib == "jax":
+            module.config.update("jax_enable_x64", True)
+    d = ed.diff("L = sum_j(x_i^2)", wrt="x")
+    x = np.array([1.0, 2.0])
+    text = d.to_source(lib, shapes={"x": (2,)} if target.endswith("shapes") else None)
+    assert "size_j" in text.split(":")[0]
+    got = np.asarray(_compiled(text)(x, 3))
+    np.testing.assert_allclose(got, d.evaluate(x=x, sizes={"j": 3}), rtol=1e-12)
+
+
+@pytest.mark.parametrize("target", ["numpy", "torch", "jax"])
+def test_exported_code_takes_lists_follows_the_widest_input_and_refuses_complex(target):
+    if target != "numpy":
+        lib = pytest.importorskip(target)
+        if target == "jax":
+            lib.config.update("jax_enable_x64", True)
+    d = ed.diff("L = sum_i(a_i x_i)^2", wrt="x")
+    fn = _compiled(d.to_source(target))
+    a, x = np.array([0.1, 0.2], np.float32), np.array([1.0 + 1e-9, 2.0])
+    want = d.evaluate(a=a, x=x)
+    got = fn(a, x)
+    got = got.numpy() if target == "torch" else np.asarray(got)
+    assert got.dtype == want.dtype == np.float64          # torch took the first input's float32
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(fn([0.1, 0.2], [1.0, 2.0])),
+                               d.evaluate(a=[0.1, 0.2], x=[1.0, 2.0]), rtol=1e-6)
+    with pytest.raises(TypeError, match="complex"):
+        fn(a, np.array([1 + 1j, 2.0]))
+
+
+def test_exported_jax_code_refuses_64_bit_inputs_while_jax_narrows_them():
+    jax = pytest.importorskip("jax")
+    before = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", False)
+    try:
+        fn = _compiled(ed.parse("y = x_i x_i").to_source("jax"))
+        with pytest.raises(TypeError, match="jax_enable_x64"):
+            fn(np.array([1 + 1e-12]))
+        assert float(fn(np.array([1.5], np.float32))) == 2.25
+    finally:
+        jax.config.update("jax_enable_x64", before)

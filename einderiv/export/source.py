@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keyword
 import math
+import unicodedata
 from typing import NamedTuple
 
 import opt_einsum as oe
@@ -20,12 +21,12 @@ from ..kernels import GRAM_HELPER, contraction_source, gram_source, smallest_ope
 
 __all__ = ["generate"]
 
-_MODULES = {"np", "oe", "torch", "jax", "jnp", "math", "dtype", "out", "view"}
+_MODULES = {"np", "oe", "torch", "jax", "jnp", "math", "dtype", "out", "view", "_v", "_WIDE"}
 
 _HEADER = {
     "numpy": "import numpy as np\nimport opt_einsum as oe\n",
-    "torch": "import torch\n",
-    "jax": "import jax\nimport jax.numpy as jnp\n",
+    "torch": "import numpy as np\nimport torch\n",
+    "jax": "import jax\nimport jax.numpy as jnp\n\n_WIDE = ('float64', 'int64', 'uint64')\n",
 }
 
 _CONTRACT = '''
@@ -65,7 +66,10 @@ def _add_diagonal(out, value, groups):
 
 
 def _ident(name: str, taken: set) -> str:
-    """A safe Python identifier for a program name (inputs keep theirs where possible)."""
+    """A safe Python identifier for a program name (inputs keep theirs where possible).
+    Python reads identifiers in NFKC form (the ligature 'ﬁ' is 'fi', a bold '𝐡' is 'h'), so
+    names are compared, and written, in that form."""
+    name = unicodedata.normalize("NFKC", name)
     base = name if name.isidentifier() else "".join(c if (c.isalnum() or c == "_") else "_" for c in name)
     base = base.strip("_") or "t"
     if not base.isidentifier():
@@ -81,6 +85,10 @@ def _ident(name: str, taken: set) -> str:
     return candidate
 
 
+def _carried(dim, input_dims) -> bool:
+    return any(dim in dims for dims in input_dims.values())
+
+
 def _shape_expr(dim, names, input_dims, program):
     for name, dims in input_dims.items():
         if dim in dims:
@@ -94,17 +102,33 @@ def _shape_expr(dim, names, input_dims, program):
 
 
 def _input_prologue(inputs, target):
-    """The lines that give every input one real dtype, as ``evaluate`` does: integers and
-    booleans become float64, float32 stays (numpy's ``result_type`` with a float)."""
+    """The lines that give every input one real dtype, as ``evaluate`` does: arrays of the
+    target library, integers and booleans as float64, float32 kept, complex refused."""
     listed = ", ".join(inputs)
+    refuse = "complex inputs: this function computes with real arrays"
     if target == "torch":
-        first = inputs[0]
-        return ([f"dtype = torch.as_tensor({first}).dtype",
-                 "dtype = dtype if dtype.is_floating_point else torch.float64"]
-                + [f"{n} = torch.as_tensor({n}, dtype=dtype)" for n in inputs])
-    xp = "np" if target == "numpy" else "jnp"
-    return ([f"dtype = {xp}.result_type({listed}, 1.0)"]
-            + [f"{n} = {xp}.asarray({n}, dtype=dtype)" for n in inputs])
+        lines = [f"{n} = {n} if torch.is_tensor({n}) else torch.as_tensor(np.asarray({n}))"
+                 for n in inputs]
+        lines.append(f"dtype = {inputs[0]}.dtype")
+        if len(inputs) > 1:
+            lines += [f"for _v in ({', '.join(inputs[1:])},):",
+                      "    dtype = torch.promote_types(dtype, _v.dtype)"]
+        lines += ["if dtype.is_complex:", f"    raise TypeError({refuse!r})",
+                  "dtype = dtype if dtype.is_floating_point else torch.float64"]
+        return lines + [f"{n} = {n}.to(dtype)" for n in inputs]
+    if target == "jax":
+        wide = " or ".join(f"str(getattr({n}, 'dtype', '')) in _WIDE" for n in inputs)
+        lines = [f"if ({wide}) and not jax.config.read('jax_enable_x64'):",
+                 "    raise TypeError('64-bit inputs while jax has 64-bit numbers off: call "
+                 "jax.config.update(\"jax_enable_x64\", True) first')"]
+        lines += [f"{n} = jnp.asarray({n})" for n in inputs]
+        lines += [f"dtype = jnp.result_type({listed}, 1.0)",
+                  "if jnp.issubdtype(dtype, jnp.complexfloating):", f"    raise TypeError({refuse!r})"]
+        return lines + [f"{n} = {n}.astype(dtype)" for n in inputs]
+    lines = [f"{n} = np.asarray({n})" for n in inputs]
+    lines += [f"dtype = np.result_type({listed}, 1.0)",
+              "if dtype.kind == 'c':", f"    raise TypeError({refuse!r})"]
+    return lines + [f"{n} = {n}.astype(dtype, copy=False)" for n in inputs]
 
 
 def generate(program, target: str, name: str, shapes=None) -> str:
@@ -118,6 +142,9 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     size_params = sorted({d[1:] for st in program.statements for d in st.dims
                           if d.startswith("=") and d[1:] not in program._sizes}
                          | {d[1:] for ds in plan.input_dims.values() for d in ds if d.startswith("=")}
+                         | {d[1:] for step in plan.steps if isinstance(step, ExprStep)
+                            for term in step.terms for d in term.sizes
+                            if d.startswith("=") and not _carried(d, plan.input_dims)}
                          - set(program._sizes))
     # fixed contraction paths when shapes are known
     dim_size = None
