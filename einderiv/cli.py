@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the inputs (default 0)")
     p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
+    p.add_argument("--range", default="0.5,1.5", metavar="LO,HI",
+                   help="interval of the random inputs (default 0.5,1.5); choose one inside the "
+                        "domain of the formula's functions, e.g. --range 2,3 for log(x_i - 1)")
     p = sub.add_parser("explain", help="the derivation step by step", formatter_class=fmt,
                        epilog='example: einderiv explain "C_ik = A_ij B_jk" --wrt A_pq')
     common(p, to=False)
@@ -247,12 +250,19 @@ def cmd_check(args):
         if name not in program.inputs:
             raise UserError(f"check differentiates with respect to inputs only; '{name}' is not "
                             f"an input (inputs: {', '.join(program.inputs)})")
+    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise UserError(f"{flag} must be a finite number ≥ 0, got {value}")
+    low, high = _range(args.range)
     d = ed.diff(src, wrt=wrt, of=args.of, layout=layout, sizes=sizes)
     d_num = ed.diff(src, wrt=wrt, of=args.of, layout="numerator", sizes=sizes)
     shapes = input_shapes(program, sizes)
+    if any(0 in s for s in shapes.values()):
+        empty = ", ".join(f"{n}{list(s)}" for n, s in shapes.items() if 0 in s)
+        raise UserError(f"--sizes gives empty inputs ({empty}): there is nothing to compare")
     _check_input_bytes(shapes)
     rng = np.random.default_rng(args.seed)
-    arrays = {n: rng.uniform(0.5, 1.5, size=s) for n, s in shapes.items()}
+    arrays = {n: rng.uniform(low, high, size=s) for n, s in shapes.items()}
     with np.errstate(all="ignore"):     # a NaN is reported below, with a hint
         return _compare(args, src, wrt, sizes, d, d_num, shapes, arrays)
 
@@ -293,12 +303,25 @@ def _compare(args, src, wrt, sizes, d, d_num, shapes, arrays):
     max_abs = float(err.max()) if err.size else 0.0
     scale = float(np.abs(numeric).max()) if numeric.size else 0.0
     max_rel = max_abs / scale if scale > 0 else max_abs
+    if not (np.isfinite(analytic).all() and np.isfinite(numeric).all()):
+        raise UserError(f"cannot check: the values are not finite at the random inputs in "
+                        f"[{args.range.replace(',', ', ')}], which may be outside the domain of a "
+                        "function of the formula (log, sqrt, a power of a negative number); "
+                        "choose an interval inside it with --range LO,HI")
     ok = bool(np.all(err <= args.atol + args.rtol * np.abs(numeric)))
     print(f"max abs error {max_abs:.3g}, max rel error {max_rel:.3g}: {'OK' if ok else 'MISMATCH'}")
-    if np.isnan(analytic).any() or np.isnan(numeric).any():
-        print("some values are NaN: the random inputs lie in [0.5, 1.5], which may be outside "
-              "the domain of a function of the formula (log, sqrt, a power of a negative number)")
     return 0 if ok else 1
+
+
+def _range(text):
+    """``--range LO,HI`` as two finite floats with LO < HI."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--range takes two numbers LO,HI, got '{text}'") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise UserError(f"--range needs finite LO < HI, got '{text}'")
+    return low, high
 
 
 def _output_program(src, of, sizes):

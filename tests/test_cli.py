@@ -110,10 +110,30 @@ def test_check_passes_and_reports_errors():
 
 
 def test_check_finds_a_mismatch():
-    # a tolerance no floating-point computation meets makes every comparison a mismatch
-    r = run("check", "L = x_i A_ij x_j", "--wrt", "x", "--rtol", "0", "--atol", "-1")
+    # zero tolerance: central differences of exp carry a truncation error, so they never agree
+    r = run("check", "L = sum_i(exp(x_i))", "--wrt", "x", "--sizes", "i=3", "--rtol", "0", "--atol", "0")
     assert r.returncode == 1
     assert "MISMATCH" in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rtol", "-1"], "--rtol must be a finite number ≥ 0"),
+    (["--atol", "nan"], "--atol must be a finite number ≥ 0"),
+    (["--range", "3,2"], "--range needs finite LO < HI"),
+    (["--range", "a"], "--range takes two numbers"),
+    (["--sizes", "i=0"], "nothing to compare"),
+])
+def test_check_refuses_what_cannot_be_checked(args, message):
+    r = run("check", "L = x_i x_i", "--wrt", "x", *(args if "--sizes" in args else ["--sizes", "i=3", *args]))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_outside_the_domain_is_not_a_mismatch_and_range_moves_inside():
+    """NaN values were reported as MISMATCH (exit 1) though nothing was compared."""
+    r = run("check", "L = sum_i(log(x_i - 1))", "--wrt", "x", "--sizes", "i=3")
+    assert r.returncode == 2 and "--range" in r.stderr and "MISMATCH" not in r.stdout
+    r = run("check", "L = sum_i(log(x_i - 1))", "--wrt", "x", "--sizes", "i=3", "--range", "2,3")
+    assert r.returncode == 0 and "OK" in r.stdout
 
 
 def _check_module_mismatch(monkeypatch, capsys):
@@ -243,8 +263,8 @@ def test_a_console_without_unicode_gets_replacement_characters():
 
 def test_check_outside_a_domain_gives_a_hint_and_no_warnings():
     r = run("check", "L = sqrt(x_i - 1)", "--wrt", "x")
-    assert r.returncode == 1
-    assert "MISMATCH" in r.stdout and "outside the domain" in r.stdout
+    assert r.returncode == 2
+    assert "MISMATCH" not in r.stdout and "outside the domain" in r.stderr
     assert "RuntimeWarning" not in r.stderr
 
 
