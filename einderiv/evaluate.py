@@ -350,24 +350,6 @@ def resolve_sizes(input_dims: dict, members: dict, arrays: dict, sizes: dict,
                 raise IndexSizeError(f"sizes gives index '{index}' size {n}, but {where}")
             dim_size.setdefault(d, n)
             seen.setdefault(d, ("sizes", None, n))
-    marked = {}                    # index -> the dimensions a parse-time sizes= entry names
-    for d, group in members.items():
-        for tensor, axis, index, _ in group:
-            if tensor == "sizes" and index in sizes:
-                marked.setdefault(index, []).append(d)
-    for index, dims in marked.items():
-        unsized = [d for d in dims if d not in carried]
-        if unsized and len(unsized) < len(dims):
-            dims = unsized         # as above: the size is for the dimension no array carries
-        n = sizes[index]
-        for d in dims:
-            if d in dim_size and dim_size[d] != n:
-                name, ax, m = seen[d]
-                raise IndexSizeError(
-                    f"sizes gives index '{index}' size {n}, but {name} has size {m} "
-                    f"along it (axis {ax})")
-            dim_size.setdefault(d, n)
-            seen.setdefault(d, ("sizes", None, n))
     return dim_size
 
 

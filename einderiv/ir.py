@@ -12,6 +12,7 @@ node that exists is already canonical.
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Union
@@ -37,6 +38,33 @@ def is_private(index: str) -> bool:
     return index.startswith("_")
 
 
+def _cached_identity(*fields):
+    """Class decorator: ``__hash__`` computed once and cached in ``_hash`` (nodes are dictionary
+    keys all through simplification), and ``__eq__`` that compares the cached hashes first, so
+    unequal deep nodes differ in O(1) instead of a walk down both trees."""
+    key = operator.attrgetter(*fields)
+
+    def decorate(cls):
+        def __hash__(self):
+            h = self._hash
+            if not h:
+                h = hash(key(self)) or 1
+                object.__setattr__(self, "_hash", h)
+            return h
+
+        def __eq__(self, other):
+            if self is other:
+                return True
+            if type(other) is not cls:
+                return NotImplemented
+            return hash(self) == hash(other) and key(self) == key(other)
+
+        cls.__hash__, cls.__eq__ = __hash__, __eq__
+        return cls
+    return decorate
+
+
+@_cached_identity("name", "indices", "dims")
 @dataclass(frozen=True, slots=True)
 class Tensor:
     """An input or intermediate tensor ``A_ij``; repeated indices read its diagonal."""
@@ -44,20 +72,6 @@ class Tensor:
     indices: tuple[str, ...]
     dims: tuple = ()
     _hash: int = field(default=0, compare=False, repr=False)
-
-    def __hash__(self):  # cached: tensors are dictionary keys all through simplification
-        h = self._hash
-        if not h:
-            h = hash((self.name, self.indices, self.dims)) or 1
-            object.__setattr__(self, "_hash", h)
-        return h
-
-    def __eq__(self, other):
-        if self is other:
-            return True
-        if type(other) is not Tensor:
-            return NotImplemented
-        return self.name == other.name and self.indices == other.indices and self.dims == other.dims
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,7 @@ class Size:
     label: str = field(compare=False, default="n")
 
 
+@_cached_identity("name", "arg")
 @dataclass(frozen=True, slots=True)
 class Func:
     """An elementwise function of an expression: its indices are the argument's."""
@@ -82,21 +97,8 @@ class Func:
     arg: "Expr"
     _hash: int = field(default=0, compare=False, repr=False)
 
-    def __hash__(self):
-        h = self._hash
-        if not h:
-            h = hash((self.name, self.arg)) or 1
-            object.__setattr__(self, "_hash", h)
-        return h
 
-    def __eq__(self, other):  # cached hashes first: unequal deep nodes differ in O(1)
-        if self is other:
-            return True
-        if type(other) is not Func:
-            return NotImplemented
-        return hash(self) == hash(other) and self.name == other.name and self.arg == other.arg
-
-
+@_cached_identity("base", "exponent")
 @dataclass(frozen=True, slots=True)
 class Power:
     """``base ^ exponent`` elementwise; the exponent is an expression without indices."""
@@ -104,24 +106,11 @@ class Power:
     exponent: "Expr"
     _hash: int = field(default=0, compare=False, repr=False)
 
-    def __hash__(self):
-        h = self._hash
-        if not h:
-            h = hash((self.base, self.exponent)) or 1
-            object.__setattr__(self, "_hash", h)
-        return h
-
-    def __eq__(self, other):  # cached hashes first: unequal deep nodes differ in O(1)
-        if self is other:
-            return True
-        if type(other) is not Power:
-            return NotImplemented
-        return hash(self) == hash(other) and self.base == other.base and self.exponent == other.exponent
-
 
 Factor = Union[Tensor, Delta, Size, Func, Power]
 
 
+@_cached_identity("coeff", "factors")
 @dataclass(frozen=True, slots=True)
 class Term:
     """``coeff · f1 · f2 ···``, summed over its indices that its Expr does not carry."""
@@ -129,21 +118,8 @@ class Term:
     factors: tuple
     _hash: int = field(default=0, compare=False, repr=False)
 
-    def __hash__(self):
-        h = self._hash
-        if not h:
-            h = hash((self.coeff, self.factors)) or 1
-            object.__setattr__(self, "_hash", h)
-        return h
 
-    def __eq__(self, other):  # cached hashes first: unequal deep nodes differ in O(1)
-        if self is other:
-            return True
-        if type(other) is not Term:
-            return NotImplemented
-        return hash(self) == hash(other) and self.coeff == other.coeff and self.factors == other.factors
-
-
+@_cached_identity("indices", "dims", "terms")
 @dataclass(frozen=True, slots=True)
 class Expr:
     """A sum of terms over the index set ``indices`` (sorted), with dimensions ``dims``."""
@@ -151,20 +127,6 @@ class Expr:
     dims: tuple[DimRef, ...]
     terms: tuple[Term, ...]
     _hash: int = field(default=0, compare=False, repr=False)
-
-    def __hash__(self):
-        h = self._hash
-        if not h:
-            h = hash((self.indices, self.dims, self.terms)) or 1
-            object.__setattr__(self, "_hash", h)
-        return h
-
-    def __eq__(self, other):  # cached hashes first: unequal deep nodes differ in O(1)
-        if self is other:
-            return True
-        if type(other) is not Expr:
-            return NotImplemented
-        return hash(self) == hash(other) and self.indices == other.indices and self.dims == other.dims and self.terms == other.terms
 
     def dim_of(self, index: str) -> DimRef:
         return self.dims[self.indices.index(index)]

@@ -154,7 +154,7 @@ def generate(program, target: str, name: str, shapes=None) -> str:
         dim_size = resolve_sizes(plan.input_dims, program._members,
                                  {k: tuple(v) for k, v in shapes.items()}, program._sizes)
 
-    lines = []
+    lines = _input_prologue([names[i] for i in plan.inputs], target) if plan.inputs else []
     helpers = set()
     temp_count = 0
     for step in plan.steps:
@@ -177,8 +177,6 @@ def generate(program, target: str, name: str, shapes=None) -> str:
                 lines.append(f"{tgt} = {src} ** {step.exponent!r}")
         elif isinstance(step, ExprStep):
             _expr_lines(step, tgt, names, plan, program, target, dim_size, lines, helpers)
-    if plan.inputs:
-        lines[:0] = _input_prologue([names[i] for i in plan.inputs], target)
     outs = list(plan.outputs.items())
     if len(outs) == 1:
         lines.append(f"return {names[outs[0][1][0]]}")
@@ -341,11 +339,10 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
         # -1.0 * (...): a float result even for integer or boolean inputs, as evaluate gives
         lines.append(f"{tgt} = {value}" if sign > 0 else f"{tgt} = -1.0 * ({value})")
         return
-    dtype_line = {"numpy": "dtype = np.result_type(" + ", ".join([names[i] for i in plan.inputs] + ["1.0"]) + ")",
-                  "torch": f"dtype = {names[plan.inputs[0]]}.dtype if {names[plan.inputs[0]]}.is_floating_point() else torch.float64" if plan.inputs else "dtype = torch.float64",
-                  "jax": "dtype = jnp.result_type(" + ", ".join([names[i] for i in plan.inputs] + ["1.0"]) + ")"}[target]
     if "dtype = " not in "\n".join(lines):
-        lines.insert(0, dtype_line)
+        # no inputs (the input prologue defines dtype otherwise): a program of constants
+        lines.insert(0, {"numpy": "dtype = np.result_type(1.0)", "torch": "dtype = torch.float64",
+                         "jax": "dtype = jnp.result_type(1.0)"}[target])
     if (target == "numpy" and len(pieces) == 2 and all(p.groups is None and p.full for p in pieces)
             and pieces[0].sign > 0):
         # a + b or a - b in one pass
