@@ -3,6 +3,7 @@ command in README.md and docs/tutorial.md is run, and its output must be what th
 
 import contextlib
 import io
+import re
 import shlex
 import subprocess
 import sys
@@ -92,4 +93,16 @@ def test_command_line_examples_print_what_the_page_shows(page, command, want):
     run = subprocess.run([sys.executable, "-m", "einderiv.cli", *shlex.split(command)],
                          capture_output=True, text=True, encoding="utf-8", cwd=ROOT, timeout=120)
     got = (run.stdout + run.stderr).rstrip()
-    assert got == want
+    assert _rounding_free(got) == _rounding_free(want)
+    for shown, measured in zip(_ERRORS.findall(want), _ERRORS.findall(got)):
+        # finite-difference errors are rounding noise: they differ between CPUs and BLAS
+        # builds, so the page's figures must only be of the same order as this run's
+        assert all(float(m) <= 100 * max(float(s), 1e-13) for s, m in zip(shown, measured))
+
+
+_ERRORS = re.compile(r"max abs error (\S+), max rel error (\S+):")
+
+
+def _rounding_free(text):
+    """``text`` with the measured errors of ``check`` replaced by a placeholder."""
+    return _ERRORS.sub("max abs error ?, max rel error ?:", text)
