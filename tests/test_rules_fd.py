@@ -1224,6 +1224,25 @@ def test_exported_code_follows_evaluates_dtype_rule(target, src, kind):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("kinds", [
+    ("int32", "float32"), ("float16", "float32"), ("int64", "int64"), ("int16", "float16"),
+    ("int8", "float16"), ("bool", "float16"), ("uint8", "int8"), ("float16", "float16"),
+])
+def test_exported_torch_code_chooses_the_dtype_by_numpys_rule(kinds):
+    """The torch export promoted with torch's rules (int32 with float32 gave float32,
+    int16 with float16 float16) where evaluate follows numpy.result_type(..., 1.0)."""
+    torch = pytest.importorskip("torch")
+    d = ed.diff("L = sum_i(a_i x_i)^2", wrt="x")
+    a, x = np.array([1, 2]).astype(kinds[0]), np.array([3, 1]).astype(kinds[1])
+    want = np.result_type(a, x, 1.0)
+    ref = 2.0 * float(a.astype(np.float64) @ x.astype(np.float64)) * a.astype(np.float64)
+    got = _compiled(d.to_source("torch"))(torch.from_numpy(a), torch.from_numpy(x))
+    assert got.dtype == getattr(torch, want.name)
+    np.testing.assert_array_equal(got.double().numpy(), ref)
+    got = d.evaluate(a=torch.from_numpy(a), x=torch.from_numpy(x), backend="torch")
+    assert got.dtype == getattr(torch, want.name)
+
+
 @pytest.mark.parametrize("target", ["numpy", "torch", "jax"])
 def test_exported_names_that_python_reads_as_one_stay_apart(target):
     """Python reads identifiers in NFKC form: 'ﬁ' (a ligature) is 'fi', so the export
