@@ -1243,6 +1243,22 @@ def test_exported_torch_code_chooses_the_dtype_by_numpys_rule(kinds):
     assert got.dtype == getattr(torch, want.name)
 
 
+@pytest.mark.parametrize("target, library", [("torch", "torch"), ("jax", "jax"), ("numpy", "jax")])
+def test_exported_code_refuses_bfloat16_as_evaluate_does(target, library):
+    """The torch and jax exports computed in bfloat16 and the numpy one in float32 (next to
+    a float32 input) where evaluate refuses it: numpy has no bfloat16 arithmetic."""
+    lib = pytest.importorskip(library)
+    if library == "jax":
+        lib.config.update("jax_enable_x64", True)
+        lib = lib.numpy
+    fn = _compiled(ed.diff("L = x_i w_i", wrt="x").to_source(target))
+    with pytest.raises(TypeError, match=r"bfloat16.*\.float\(\).*astype"):
+        fn(lib.ones(3, dtype=lib.bfloat16), np.ones(3, np.float32))
+    w = np.array([1.0, 2.0, 3.0], np.float32)
+    got = fn(np.ones(3, np.float32), w)
+    np.testing.assert_array_equal(np.asarray(got), w)
+
+
 @pytest.mark.parametrize("target", ["numpy", "torch", "jax"])
 def test_exported_names_that_python_reads_as_one_stay_apart(target):
     """Python reads identifiers in NFKC form: 'ﬁ' (a ligature) is 'fi', so the export

@@ -114,14 +114,20 @@ _CAST = {"numpy": "{n} = {n}.astype(dtype, copy=False)", "torch": "{n} = {n}.to(
 def _input_prologue(inputs, target):
     """The lines that give every input one real dtype, as ``evaluate`` does, by numpy's rule
     on every target: dtype = result_type(inputs, 1.0), so integers and booleans become
-    float64, float32 and float16 are kept, int32 with float32 is float64; complex refused."""
+    float64, float32 and float16 are kept, int32 with float32 is float64; complex and
+    bfloat16 (which numpy cannot compute with) refused."""
     refuse = "complex inputs: this function computes with real arrays"
+    bfloat16 = ("bfloat16 inputs: numpy, whose dtype rules this function follows, has no "
+                "bfloat16; convert them first (x.float() for a torch tensor, "
+                "x.astype('float32') for a jax or numpy array)")
     lines = []
     if target == "jax":
         wide = " or ".join(f"str(getattr({n}, 'dtype', '')) in _WIDE" for n in inputs)
         lines += [f"if ({wide}) and not jax.config.read('jax_enable_x64'):",
                   "    raise TypeError('64-bit inputs while jax has 64-bit numbers off: call "
                   "jax.config.update(\"jax_enable_x64\", True) first')"]
+    lines += [f"if any(str(getattr(_v, 'dtype', '')).endswith('bfloat16') for _v in "
+              f"({', '.join(inputs)},)):", f"    raise TypeError({bfloat16!r})"]
     lines += [_AS_ARRAY[target].format(n=n) for n in inputs]
     listed = ", ".join(_TYPE_OF[target].format(n=n) for n in inputs)
     lines += [f"dtype = {'jnp' if target == 'jax' else 'np'}.result_type({listed}, 1.0)",
