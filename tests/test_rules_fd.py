@@ -905,6 +905,48 @@ def test_diff_of_a_program_derivative_matches_the_hessian_path():
     assert_close(evaluate(twice, arrays), ref, atol_rel=ATOL_REL[2], what="diff(diff(mlp))")
 
 
+NESTED_LAYOUTS = [
+    # (first layout, second layout (None: not given), the whole derivative's axes, its layout)
+    ("denominator", None, "prsi", "denominator"),
+    ("denominator", "numerator", "iprs", "numerator"),
+    ("denominator", "denominator", "prsi", "denominator"),
+    ("numerator", None, "iprs", "numerator"),
+    ("numerator", "denominator", "prsi", "denominator"),
+    ("pi", None, "pirs", ("p", "i", "r", "s")),
+    ("denominator", "rpsi", "rpsi", "rpsi"),
+]
+
+
+@pytest.mark.parametrize("first, second, axes, layout", NESTED_LAYOUTS)
+def test_diff_of_a_derivative_states_its_layout_for_the_whole_derivative(first, second, axes,
+                                                                           layout):
+    """diff(dy_i/dx_p in denominator layout, wrt=A_rs) read d²y_i/dx_p dA_rs with layout
+    'numerator' but had the axes (p, i, r, s): neither numerator (i, p, r, s) nor denominator
+    (p, r, s, i) of that derivative (SPEC §4). The layout now applies to the whole
+    derivative, the earlier one goes on by default, and label, layout and axes agree."""
+    src = "y_i = tanh(sum_j(A_ij x_j))"
+    arrays = random_inputs({"A": (I, J), "x": (J,)}, seed=68)
+    once = ed.diff(src, wrt="x_p", layout=first)
+    twice = ed.diff(once, wrt="A_rs") if second is None else ed.diff(once, wrt="A_rs", layout=second)
+    assert str(twice).splitlines()[-1].startswith("d²y_i/dx_p dA_rs = ")
+    assert (twice.of, twice.wrt, twice.indices, twice.layout) == ("y", ("x_p", "A_rs"), tuple(axes), layout)
+    ref = fd_derivative(lambda A, x: np.tanh(A @ x), arrays, ["x", "A"])
+    ref = permute_layout(ref, "i", ["p", "rs"], layout if isinstance(layout, str) else axes)
+    assert_close(evaluate(twice, arrays, ref.shape), ref, atol_rel=ATOL_REL[2], what="diff(diff)")
+    listed = ed.diff(src, wrt=["x_p", "A_rs"], layout=layout if isinstance(layout, str) else axes)
+    assert listed.indices == twice.indices
+
+
+def test_diff_of_a_denominator_gradient_stays_denominator():
+    """A scalar's Hessian has the same axes in both layouts; the attribute said numerator."""
+    x = random_inputs({"x": (I,), "A": (I, I)}, seed=69)
+    twice = ed.diff(ed.diff("L = x_i A_ij x_j", wrt="x_p", layout="denominator"), wrt="x_q")
+    assert (str(twice), twice.indices, twice.layout) == ("d²L/dx_p dx_q = A_pq + A_qp", ("p", "q"),
+                                                         "denominator")
+    ref = fd_derivative(lambda x, A: x @ A @ x, x, ["x", "x"])
+    assert_close(evaluate(twice, x), ref, atol_rel=ATOL_REL[2], what="diff(diff)")
+
+
 def test_vjp_and_differential_of_a_derivative():
     x = random_inputs({"x": (I,)}, seed=66)["x"]
     g = np.random.default_rng(67).normal(size=(I,))
