@@ -126,8 +126,9 @@ def _input_prologue(inputs, target):
         lines += [f"if ({wide}) and not jax.config.read('jax_enable_x64'):",
                   "    raise TypeError('64-bit inputs while jax has 64-bit numbers off: call "
                   "jax.config.update(\"jax_enable_x64\", True) first')"]
-    lines += [f"if any(str(getattr(_v, 'dtype', '')).endswith('bfloat16') for _v in "
-              f"({', '.join(inputs)},)):", f"    raise TypeError({bfloat16!r})"]
+    every = ", ".join(inputs)
+    lines += [f"if any(str(getattr(_v, 'dtype', '')).endswith('bfloat16') for _v in ({every},)):",
+              f"    raise TypeError({bfloat16!r})"]
     lines += [_AS_ARRAY[target].format(n=n) for n in inputs]
     listed = ", ".join(_TYPE_OF[target].format(n=n) for n in inputs)
     lines += [f"dtype = {'jnp' if target == 'jax' else 'np'}.result_type({listed}, 1.0)",
