@@ -311,9 +311,20 @@ def _check_dtype(name, dtype):
         raise InputError(f"input '{name}' has dtype {dtype}, not a real number type")
 
 
+def _refuse_bfloat16(name, value):
+    """bfloat16 (torch's, or jax's and ml_dtypes') is refused on every backend: numpy, whose
+    dtype rules they all follow, has no bfloat16 arithmetic (its einsum refuses the type)."""
+    if str(getattr(value, "dtype", "")).removeprefix("torch.") == "bfloat16":
+        raise InputError(f"input '{name}' is bfloat16, which einderiv does not compute with "
+                         f"(numpy, whose dtype rules every backend follows, has no bfloat16); "
+                         f"convert it first: {name}.float() for a torch tensor, "
+                         f"{name}.astype('float32') for a jax or numpy array")
+
+
 def _as_backend_array(name, value, backend):
     """(the backend's array, its numpy dtype): lists and arrays of other libraries are
     converted, so the result is the backend's array; complex and non-numeric inputs refused."""
+    _refuse_bfloat16(name, value)
     if backend == "numpy":
         value = _numpy_input(name, value)
         return value, value.dtype

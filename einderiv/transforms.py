@@ -141,11 +141,28 @@ def _layout_order(layout, out_idx, wrt_idx):
     return order
 
 
-def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Derivative:
+def _continued_layout(layout, before, out_idx, base, wrt_idx):
+    """(layout, axis order) of a derivative of a Derivative's result, stated for the whole
+    derivative its label names, ∂ⁿy/∂w1 ... ∂wn (SPEC §4): numerator is y's axes then every
+    wrt entry's, denominator every wrt entry's (the earlier ones first) then y's. Without
+    ``layout`` the earlier layout goes on; after an explicit order the new wrt axes follow
+    the earlier result's axes, and that order is the layout."""
+    _, base_idx, _, base_lists = base
+    if layout is None:
+        if before not in ("numerator", "denominator"):
+            order = tuple(out_idx) + tuple(i for w in wrt_idx for i in w)
+            return order, order
+        layout = before
+    return layout, _layout_order(layout, base_idx, list(base_lists) + list(wrt_idx))
+
+
+def diff(src, wrt, of=None, layout=None, depends=None, sizes=None) -> Derivative:
     """The derivative of a program's output with respect to one or more tensors.
 
     With respect to an intermediate ``h`` (or the output itself) it is the partial derivative
     with ``h`` cut loose from its definition, as if ``h`` were an input: ∂h_i/∂h_p = δ_ip.
+    ``layout`` is numerator by default; for a Derivative's result the layout of the whole
+    derivative, the Derivative's own by default.
 
     >>> print(ed.diff("C_ik = A_ij B_jk", wrt="A_pq"))
     dC_ik/dA_pq = δ_ip B_qk
@@ -203,15 +220,19 @@ def diff(src, wrt, of=None, layout="numerator", depends=None, sizes=None) -> Der
     members = {d: [(t, a, renames.get(i, i), line) for t, a, i, line in group]
                for d, group in members.items()}
     result = S.factor_common(fold_intermediates(result, list(statements.values())))
-    order = _layout_order(layout, out_idx, wrt_user_idx)
+    # a derivative of a Derivative's result continues its label (d²L/dx_p dx_q) and layout
+    base = getattr(src, "_label_parts", None) if of == default_of else None
+    if base is not None:
+        layout, order = _continued_layout(layout, src.layout, out_idx, base, wrt_user_idx)
+    else:
+        layout = "numerator" if layout is None else layout
+        order = _layout_order(layout, out_idx, wrt_user_idx)
     dim_map = result.dim_map
     for i in order:
         if i not in dim_map:
             raise EinderivError(f"internal: result index {i} without dimension")  # pragma: no cover
     result = S.expr(dim_map, result.terms)
     rname = "∂" + of
-    # a derivative of a Derivative's result continues its label: d²L/dx_p dx_q
-    base = getattr(src, "_label_parts", None) if of == default_of else None
     base_of, base_idx, base_names, base_lists = base or (of, out_idx, [], [])
     parts = (base_of, base_idx, base_names + wrt_names, base_lists + wrt_user_idx)
     label = _derivative_label(*parts)

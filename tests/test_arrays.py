@@ -301,6 +301,26 @@ def test_numpy_inputs_give_the_backends_arrays(backend):
     assert isinstance(got, array_type) and tuple(got.shape) == (2,)
 
 
+@pytest.mark.parametrize("library, backend", [
+    ("torch", "torch"), ("torch", "numpy"), ("jax", "jax"), ("jax", "numpy"), ("jax", "torch"),
+])
+def test_bfloat16_inputs_are_refused_with_the_conversion(library, backend):
+    """bfloat16 was "not a real number type" (or "not an array: Got unsupported ScalarType")
+    depending on the backend and on whether jax had been imported. numpy, whose dtype rules
+    every backend follows, has no bfloat16 arithmetic (its einsum refuses ml_dtypes' one),
+    so no backend computes with it; the message says so and how to convert."""
+    lib = _backend(library)
+    if backend != library:
+        _backend(backend)
+    x = lib.ones(3, dtype=lib.bfloat16)
+    for p in (ed.parse("y_i = x_i w_i"), ed.diff("L = x_i w_i", wrt="x")):
+        with pytest.raises(ed.InputError, match=r"input 'x' is bfloat16.*x\.float\(\).*astype"):
+            p.evaluate(x=x, w=np.ones(3, np.float32), backend=backend)
+    x32 = x.float() if library == "torch" else x.astype("float32")
+    got = ed.parse("y_i = x_i w_i").evaluate(x=x32, w=np.full(3, 2.0, np.float32), backend=backend)
+    np.testing.assert_array_equal(np.asarray(got), np.full(3, 2.0, np.float32))
+
+
 def test_jax_without_64_bit_numbers_refuses_float64_instead_of_narrowing():
     """jax's default (x64 off) turned float64 and integer inputs into float32 silently."""
     jax = pytest.importorskip("jax")

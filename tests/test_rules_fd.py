@@ -905,6 +905,48 @@ def test_diff_of_a_program_derivative_matches_the_hessian_path():
     assert_close(evaluate(twice, arrays), ref, atol_rel=ATOL_REL[2], what="diff(diff(mlp))")
 
 
+NESTED_LAYOUTS = [
+    # (first layout, second layout (None: not given), the whole derivative's axes, its layout)
+    ("denominator", None, "prsi", "denominator"),
+    ("denominator", "numerator", "iprs", "numerator"),
+    ("denominator", "denominator", "prsi", "denominator"),
+    ("numerator", None, "iprs", "numerator"),
+    ("numerator", "denominator", "prsi", "denominator"),
+    ("pi", None, "pirs", ("p", "i", "r", "s")),
+    ("denominator", "rpsi", "rpsi", "rpsi"),
+]
+
+
+@pytest.mark.parametrize("first, second, axes, layout", NESTED_LAYOUTS)
+def test_diff_of_a_derivative_states_its_layout_for_the_whole_derivative(first, second, axes,
+                                                                           layout):
+    """diff(dy_i/dx_p in denominator layout, wrt=A_rs) read d²y_i/dx_p dA_rs with layout
+    'numerator' but had the axes (p, i, r, s): neither numerator (i, p, r, s) nor denominator
+    (p, r, s, i) of that derivative (SPEC §4). The layout now applies to the whole
+    derivative, the earlier one goes on by default, and label, layout and axes agree."""
+    src = "y_i = tanh(sum_j(A_ij x_j))"
+    arrays = random_inputs({"A": (I, J), "x": (J,)}, seed=68)
+    once = ed.diff(src, wrt="x_p", layout=first)
+    twice = ed.diff(once, wrt="A_rs") if second is None else ed.diff(once, wrt="A_rs", layout=second)
+    assert str(twice).splitlines()[-1].startswith("d²y_i/dx_p dA_rs = ")
+    assert (twice.of, twice.wrt, twice.indices, twice.layout) == ("y", ("x_p", "A_rs"), tuple(axes), layout)
+    ref = fd_derivative(lambda A, x: np.tanh(A @ x), arrays, ["x", "A"])
+    ref = permute_layout(ref, "i", ["p", "rs"], layout if isinstance(layout, str) else axes)
+    assert_close(evaluate(twice, arrays, ref.shape), ref, atol_rel=ATOL_REL[2], what="diff(diff)")
+    listed = ed.diff(src, wrt=["x_p", "A_rs"], layout=layout if isinstance(layout, str) else axes)
+    assert listed.indices == twice.indices
+
+
+def test_diff_of_a_denominator_gradient_stays_denominator():
+    """A scalar's Hessian has the same axes in both layouts; the attribute said numerator."""
+    x = random_inputs({"x": (I,), "A": (I, I)}, seed=69)
+    twice = ed.diff(ed.diff("L = x_i A_ij x_j", wrt="x_p", layout="denominator"), wrt="x_q")
+    assert (str(twice), twice.indices, twice.layout) == ("d²L/dx_p dx_q = A_pq + A_qp", ("p", "q"),
+                                                         "denominator")
+    ref = fd_derivative(lambda x, A: x @ A @ x, x, ["x", "x"])
+    assert_close(evaluate(twice, x), ref, atol_rel=ATOL_REL[2], what="diff(diff)")
+
+
 def test_vjp_and_differential_of_a_derivative():
     x = random_inputs({"x": (I,)}, seed=66)["x"]
     g = np.random.default_rng(67).normal(size=(I,))
@@ -1222,6 +1264,41 @@ def test_exported_code_follows_evaluates_dtype_rule(target, src, kind):
     got = got.numpy() if lib == "torch" else np.asarray(got)
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kinds", [
+    ("int32", "float32"), ("float16", "float32"), ("int64", "int64"), ("int16", "float16"),
+    ("int8", "float16"), ("bool", "float16"), ("uint8", "int8"), ("float16", "float16"),
+])
+def test_exported_torch_code_chooses_the_dtype_by_numpys_rule(kinds):
+    """The torch export promoted with torch's rules (int32 with float32 gave float32,
+    int16 with float16 float16) where evaluate follows numpy.result_type(..., 1.0)."""
+    torch = pytest.importorskip("torch")
+    d = ed.diff("L = sum_i(a_i x_i)^2", wrt="x")
+    a, x = np.array([1, 2]).astype(kinds[0]), np.array([3, 1]).astype(kinds[1])
+    want = np.result_type(a, x, 1.0)
+    ref = 2.0 * float(a.astype(np.float64) @ x.astype(np.float64)) * a.astype(np.float64)
+    got = _compiled(d.to_source("torch"))(torch.from_numpy(a), torch.from_numpy(x))
+    assert got.dtype == getattr(torch, want.name)
+    np.testing.assert_array_equal(got.double().numpy(), ref)
+    got = d.evaluate(a=torch.from_numpy(a), x=torch.from_numpy(x), backend="torch")
+    assert got.dtype == getattr(torch, want.name)
+
+
+@pytest.mark.parametrize("target, library", [("torch", "torch"), ("jax", "jax"), ("numpy", "jax")])
+def test_exported_code_refuses_bfloat16_as_evaluate_does(target, library):
+    """The torch and jax exports computed in bfloat16 and the numpy one in float32 (next to
+    a float32 input) where evaluate refuses it: numpy has no bfloat16 arithmetic."""
+    lib = pytest.importorskip(library)
+    if library == "jax":
+        lib.config.update("jax_enable_x64", True)
+        lib = lib.numpy
+    fn = _compiled(ed.diff("L = x_i w_i", wrt="x").to_source(target))
+    with pytest.raises(TypeError, match=r"bfloat16.*\.float\(\).*astype"):
+        fn(lib.ones(3, dtype=lib.bfloat16), np.ones(3, np.float32))
+    w = np.array([1.0, 2.0, 3.0], np.float32)
+    got = fn(np.ones(3, np.float32), w)
+    np.testing.assert_array_equal(np.asarray(got), w)
 
 
 @pytest.mark.parametrize("target", ["numpy", "torch", "jax"])

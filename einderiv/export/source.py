@@ -101,34 +101,41 @@ def _shape_expr(dim, names, input_dims, program):
     raise EinderivError(f"no input carries dimension {dim}")  # pragma: no cover
 
 
+# per target: an input as the library's array, the input as numpy.result_type reads it
+# (torch's dtype by its numpy name: torch.float32 -> 'float32'), and the cast to `dtype`
+_AS_ARRAY = {"numpy": "{n} = np.asarray({n})",
+             "torch": "{n} = {n} if torch.is_tensor({n}) else torch.as_tensor(np.asarray({n}))",
+             "jax": "{n} = jnp.asarray({n})"}
+_TYPE_OF = {"numpy": "{n}", "torch": "str({n}.dtype).removeprefix('torch.')", "jax": "{n}"}
+_CAST = {"numpy": "{n} = {n}.astype(dtype, copy=False)", "torch": "{n} = {n}.to(dtype)",
+         "jax": "{n} = {n}.astype(dtype)"}
+
+
 def _input_prologue(inputs, target):
-    """The lines that give every input one real dtype, as ``evaluate`` does: arrays of the
-    target library, integers and booleans as float64, float32 kept, complex refused."""
-    listed = ", ".join(inputs)
+    """The lines that give every input one real dtype, as ``evaluate`` does, by numpy's rule
+    on every target: dtype = result_type(inputs, 1.0), so integers and booleans become
+    float64, float32 and float16 are kept, int32 with float32 is float64; complex and
+    bfloat16 (which numpy cannot compute with) refused."""
     refuse = "complex inputs: this function computes with real arrays"
-    if target == "torch":
-        lines = [f"{n} = {n} if torch.is_tensor({n}) else torch.as_tensor(np.asarray({n}))"
-                 for n in inputs]
-        lines.append(f"dtype = {inputs[0]}.dtype")
-        if len(inputs) > 1:
-            lines += [f"for _v in ({', '.join(inputs[1:])},):",
-                      "    dtype = torch.promote_types(dtype, _v.dtype)"]
-        lines += ["if dtype.is_complex:", f"    raise TypeError({refuse!r})",
-                  "dtype = dtype if dtype.is_floating_point else torch.float64"]
-        return lines + [f"{n} = {n}.to(dtype)" for n in inputs]
+    bfloat16 = ("bfloat16 inputs: numpy, whose dtype rules this function follows, has no "
+                "bfloat16; convert them first (x.float() for a torch tensor, "
+                "x.astype('float32') for a jax or numpy array)")
+    lines = []
     if target == "jax":
         wide = " or ".join(f"str(getattr({n}, 'dtype', '')) in _WIDE" for n in inputs)
-        lines = [f"if ({wide}) and not jax.config.read('jax_enable_x64'):",
-                 "    raise TypeError('64-bit inputs while jax has 64-bit numbers off: call "
-                 "jax.config.update(\"jax_enable_x64\", True) first')"]
-        lines += [f"{n} = jnp.asarray({n})" for n in inputs]
-        lines += [f"dtype = jnp.result_type({listed}, 1.0)",
-                  "if jnp.issubdtype(dtype, jnp.complexfloating):", f"    raise TypeError({refuse!r})"]
-        return lines + [f"{n} = {n}.astype(dtype)" for n in inputs]
-    lines = [f"{n} = np.asarray({n})" for n in inputs]
-    lines += [f"dtype = np.result_type({listed}, 1.0)",
+        lines += [f"if ({wide}) and not jax.config.read('jax_enable_x64'):",
+                  "    raise TypeError('64-bit inputs while jax has 64-bit numbers off: call "
+                  "jax.config.update(\"jax_enable_x64\", True) first')"]
+    every = ", ".join(inputs)
+    lines += [f"if any(str(getattr(_v, 'dtype', '')).endswith('bfloat16') for _v in ({every},)):",
+              f"    raise TypeError({bfloat16!r})"]
+    lines += [_AS_ARRAY[target].format(n=n) for n in inputs]
+    listed = ", ".join(_TYPE_OF[target].format(n=n) for n in inputs)
+    lines += [f"dtype = {'jnp' if target == 'jax' else 'np'}.result_type({listed}, 1.0)",
               "if dtype.kind == 'c':", f"    raise TypeError({refuse!r})"]
-    return lines + [f"{n} = {n}.astype(dtype, copy=False)" for n in inputs]
+    if target == "torch":
+        lines.append("dtype = getattr(torch, dtype.name)")
+    return lines + [_CAST[target].format(n=n) for n in inputs]
 
 
 def generate(program, target: str, name: str, shapes=None) -> str:
