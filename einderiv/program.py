@@ -260,7 +260,9 @@ class Program:
         unsized = getattr(getattr(self, "_analysis", None), "unsized", None) or {}
         for d in list(self._members) + [d for st in self.statements for d in st.dims]:
             if d not in dim_size:
-                shown = next((i for _, _, i, _ in self._members.get(d, ())), d.lstrip("="))
+                shown = next((i for _, _, i, _ in self._members.get(d, ())), None) or next(
+                    (st.indices[st.dims.index(d)] for st in self.statements if d in st.dims),
+                    d.lstrip("="))
                 index, name, line = unsized.get(d, (shown, None, None))
                 where = f"line {line}: index '{index}' of '{name}'" if name else f"index '{index}'"
                 raise IndexSizeError(f"{where} has no size: no input tensor carries it; "

@@ -503,3 +503,13 @@ def test_sizes_name_the_dimension_no_array_carries(where):
     np.testing.assert_allclose(got, 4 * (W @ x), rtol=1e-12)
     with pytest.raises(ed.IndexSizeError, match="sizes gives index 'j' size 4, but x has size 3"):
         ed.parse("L = x_j z_j", sizes={"j": 4}).evaluate(x=np.ones(3), z=np.ones(3))
+
+
+def test_a_depends_variable_without_a_size_is_named_by_its_wrt_index():
+    """dL/dX_pq is zero when L does not read A; X is outside the program, so p and q get no
+    size from any array; the message names p (it named the internal 'X.0' before)."""
+    d = ed.diff("h_ij = A_ij; L = B_ii", wrt="X_pq", depends={"A": "X"})
+    with pytest.raises(ed.IndexSizeError, match="index 'p' has no size.*sizes=\\{'p': n\\}"):
+        d.evaluate(A=np.ones((2, 2)), B=np.ones((3, 3)))
+    np.testing.assert_array_equal(
+        d.evaluate(A=np.ones((2, 2)), B=np.ones((3, 3)), sizes={"p": 2, "q": 3}), np.zeros((2, 3)))
