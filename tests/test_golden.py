@@ -209,3 +209,9 @@ def test_program_matrix_forms(formula, text, latex):
 def test_latex_of_a_power_of_a_sum(formula, wrt, latex):
     program = ed.parse(formula) if wrt is None else ed.diff(formula, wrt=wrt)
     assert program.latex() == latex
+
+
+def test_latex_writes_large_constants_with_a_power_of_ten():
+    # '2e+20' is Python's notation, not LaTeX's
+    assert ed.diff("L = 1e20 x_i x_i", wrt="x").latex() == (
+        "\\frac{\\partial L}{\\partial x_{p}} = 2 \\cdot 10^{20} x_{p}")

@@ -35,7 +35,11 @@ def _sub(indices) -> str:
 def _number(c) -> str:
     if isinstance(c, Fraction) and c.denominator != 1:
         return rf"\frac{{{c.numerator}}}{{{c.denominator}}}"
-    return format_number(c)
+    text = format_number(c)
+    mantissa, e, power = text.partition("e")
+    if not e:
+        return text
+    return rf"{mantissa} \cdot 10^{{{int(power)}}}"       # 2e+20 → 2 \cdot 10^{20}
 
 
 def _atomic(base: Expr) -> bool:
