@@ -261,6 +261,7 @@ def cmd_check(args):
         empty = ", ".join(f"{n}{list(s)}" for n, s in shapes.items() if 0 in s)
         raise UserError(f"--sizes gives empty inputs ({empty}): there is nothing to compare")
     _check_input_bytes(shapes)
+    _check_fd_work(wrt, shapes)
     rng = np.random.default_rng(args.seed)
     arrays = {n: rng.uniform(low, high, size=s) for n, s in shapes.items()}
     with np.errstate(all="ignore"):     # a NaN is reported below, with a hint
@@ -275,6 +276,21 @@ def _check_input_bytes(shapes):
         shown = ", ".join(f"{n}{list(s)}" for n, s in shapes.items())
         raise UserError(f"--sizes: the random inputs {shown} would need {_human(need)}, above the "
                         f"memory limit of {_human(memory_limit())}; choose smaller sizes")
+
+
+MAX_FD_ENTRIES = 20_000   # 2·N evaluations of the formula for N perturbed entries
+
+
+def _check_fd_work(wrt, shapes):
+    """Refuse --sizes under which central differences, two evaluations of the formula per
+    entry of the last wrt variable, would run for minutes or hours."""
+    from .parser import split_tensor
+    var = split_tensor(wrt[-1])[0] if "_" in wrt[-1] else wrt[-1]
+    n = math.prod(shapes[var])
+    if n > MAX_FD_ENTRIES:
+        raise UserError(f"--sizes: finite differences would evaluate the formula {2 * n} times "
+                        f"({n} entries of {var}{list(shapes[var])}, at most {MAX_FD_ENTRIES}); "
+                        f"choose smaller sizes")
 
 
 def _compare(args, src, wrt, sizes, d, d_num, shapes, arrays):
@@ -371,6 +387,17 @@ def central_differences(f, arrays, var, eps=1e-6):
     return out
 
 
+def _attach_negative_range(argv: list) -> list:
+    """``--range -1,1`` as ``--range=-1,1``: argparse takes '-1,1' for an option otherwise."""
+    out = []
+    for arg in argv:
+        if out and out[-1] == "--range" and re.match(r"-[\d.]", arg):
+            out[-1] = f"--range={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 COMMANDS = {"diff": cmd_diff, "differential": cmd_differential, "vjp": cmd_vjp,
             "check": cmd_check, "explain": cmd_explain}
 
@@ -386,7 +413,7 @@ def main(argv=None) -> int:
             except (ValueError, OSError):  # pragma: no cover - a stream that cannot change
                 pass
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_range(sys.argv[1:] if argv is None else list(argv)))
     if not args.command:
         parser.print_help()
         return 2

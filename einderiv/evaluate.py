@@ -834,8 +834,8 @@ def _functional_zeros(shape, backend, dtype, env):
 
 def _functional_add(out, value, coeff, deltas, expand, order, out_shape, env, refs, backend, dtype):
     """Immutable backends (jax, dask). With jax a δ term is scattered along the diagonal
-    (``out.at[i, k, i, q].add``); with dask the δ axes are expanded by multiplying with an
-    identity of the same backend — documented as the one place an identity is formed."""
+    (``out.at[i, k, i, q].add``); with dask the δ axes are expanded with an identity of the
+    same backend as a mask — documented as the one place an identity is formed."""
     if backend == "jax":
         import jax.numpy as xp
     elif backend == "dask":
@@ -866,19 +866,31 @@ def _functional_add(out, value, coeff, deltas, expand, order, out_shape, env, re
         letters = {r: _LETTERS[k] for k, r in enumerate(view_axes)}
         extra = {}
         operands_sub = ["".join(letters[r] for r in view_axes)]
-        ops = [value]
+        sides = []
         for i in order:
             r = find(i)
             if r != i:
                 extra[i] = _LETTERS[len(view_axes) + len(extra)]
-                n = out_shape[order.index(i)]
-                ops.append(xp.eye(n, dtype=dtype))
+                sides.append(out_shape[order.index(i)])
                 operands_sub.append(letters[r] + extra[i])
         out_sub = "".join(extra.get(i, letters.get(i, "")) if find(i) != i else letters[i] for i in order)
-        full = oe.contract(",".join(operands_sub) + "->" + out_sub, *ops, backend=backend)
+        full = _dask_diagonal(",".join(operands_sub) + "->" + out_sub, value, sides, dtype)
     else:
         full = xp.broadcast_to(value[expand], out_shape) if expand else value
     return full if out is None else out + full
+
+
+def _dask_diagonal(subs, value, sides, dtype):
+    """``value`` spread onto the diagonals of its δ axes, 0 elsewhere: ``where(mask, spread,
+    0)`` with ``mask = δ δ ...`` (identities) and ``spread`` the value broadcast along the
+    δ's other axis (all-ones). Multiplying by the identity instead would turn an inf or NaN on
+    the diagonal into NaN off it (0 · inf), where numpy's diagonal view leaves 0."""
+    import dask.array as da
+    ones = da.ones(value.shape, dtype=dtype)
+    mask = oe.contract(subs, ones, *(da.eye(n, dtype=dtype) for n in sides), backend="dask")
+    spread = oe.contract(subs, value, *(da.ones((n, n), dtype=dtype) for n in sides),
+                         backend="dask")
+    return da.where(mask != 0, spread, da.zeros((), dtype=dtype))
 
 
 def _contraction(subs, op_shapes, operands, kept, backend, check_bytes):

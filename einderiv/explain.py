@@ -34,7 +34,7 @@ def explain(src, wrt=None, of=None, layout="numerator", depends=None, sizes=None
     if of not in names:
         raise EinderivError(f"of='{of}' is not defined by the program (it defines: {', '.join(names)})")
     upto = program.statements[:names.index(of) + 1]
-    wrt_list = [] if wrt is None else [wrt] if isinstance(wrt, str) else list(wrt)
+    wrt_list = [] if wrt is None else list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
     out = _Steps()
 
     # the derivative first: it validates wrt, layout and depends with the core's own messages
@@ -91,7 +91,7 @@ def explain(src, wrt=None, of=None, layout="numerator", depends=None, sizes=None
     consts = [n for n in program.inputs if n != var and _reads(upto, n)]
     dims = _input_dims(program, var)
     out.step(f"Substitute ∂{var}{format_indices(_generic(len(var_idx)))}/∂{first} = "
-             + " ".join(f"δ_{a}{b}" for a, b in zip(_generic(len(var_idx)), var_idx))
+             + (" ".join(f"δ_{a}{b}" for a, b in zip(_generic(len(var_idx)), var_idx)) or "1")
              + f" for d{var}" + (f"; {_and(consts)} {'does' if len(consts) == 1 else 'do'} not depend on {var}: "
                                  + ", ".join(f"d{c} = 0" for c in consts) if consts else ""))
     intermediates = [st for st in upto if st.name != of]
@@ -332,6 +332,8 @@ def _has_tangent(e: Expr) -> bool:
 
 def _elimination_note(dprog, statements, var, var_idx, dims, intermediates, entry) -> str:
     """One concrete instance of the rule Σ_j δ_jq f_j = f_q, from the substituted terms."""
+    if not var_idx:
+        return f"there is none ({var} is a scalar: ∂{var}/∂{var} = 1)"
     for st in statements:
         name = "d" + st.name
         if not _has(dprog, name):

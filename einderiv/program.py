@@ -231,6 +231,8 @@ class Program:
                                  f"ind{'ex' if ndim == 1 else 'ices'}")
             out[name] = value
             dtypes.append(dtype)
+        if backend == "torch":
+            out = _one_torch_device(out, arrays)
         dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
         if dtype.kind in "iub":
             dtype = np.dtype(np.float64)
@@ -260,7 +262,9 @@ class Program:
         unsized = getattr(getattr(self, "_analysis", None), "unsized", None) or {}
         for d in list(self._members) + [d for st in self.statements for d in st.dims]:
             if d not in dim_size:
-                shown = next((i for _, _, i, _ in self._members.get(d, ())), d.lstrip("="))
+                shown = next((i for _, _, i, _ in self._members.get(d, ())), None) or next(
+                    (st.indices[st.dims.index(d)] for st in self.statements if d in st.dims),
+                    d.lstrip("="))
                 index, name, line = unsized.get(d, (shown, None, None))
                 where = f"line {line}: index '{index}' of '{name}'" if name else f"index '{index}'"
                 raise IndexSizeError(f"{where} has no size: no input tensor carries it; "
@@ -350,9 +354,31 @@ def _as_backend_array(name, value, backend):
         import dask.array as da
         if not isinstance(value, da.Array):
             value = da.asarray(_numpy_input(name, value))
+        if any(n != n for n in value.shape):      # NaN: chunk sizes not known yet
+            raise InputError(f"input '{name}' is a dask array of unknown shape {value.shape}; "
+                             f"call {name}.compute_chunk_sizes() first")
         dtype = np.dtype(value.dtype)
     _check_dtype(name, dtype)
     return value, dtype
+
+
+def _one_torch_device(out: dict, given: dict) -> dict:
+    """The torch inputs on one device, and the arrays converted from numpy or lists moved
+    there; tensors given on different devices are an InputError naming them."""
+    devices = {n: v.device for n, v in out.items() if _is_torch(given[n])}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"'{n}' on {d}" for n, d in devices.items())
+        raise InputError(f"the torch inputs are on different devices ({listed}); "
+                         f"move them to one device")
+    if not devices:
+        return out
+    device = next(iter(devices.values()))
+    return {n: v if n in devices else v.to(device) for n, v in out.items()}
+
+
+def _is_torch(value) -> bool:
+    import torch
+    return isinstance(value, torch.Tensor)
 
 
 def _jax_x64():

@@ -187,14 +187,17 @@ def diff(src, wrt, of=None, layout=None, depends=None, sizes=None) -> Derivative
     program_names = (set(analysis.inputs) | {st.name for st in analysis.statements}) - set(inherited)
     wrt_names, wrt_user_idx, renames = [], [], {}
     used_user = set(out_idx)
+    outside = {}                       # a variable outside the program -> its first wrt entry
     for entry, name, given in entries:
         dims = _variable_dims(name, analysis, depends)
         if dims is None:
-            jac_ndim = _depends_ndim(name, derived, given)
-            dims = tuple(f"{name}.{k}" for k in range(jac_ndim))
+            dims = _outside_dims(name, given, inputs, outside)
         if given and len(given) != len(dims):
+            seen = f" (wrt='{outside[name]}')" if name in outside else ""
             raise EinderivError(f"wrt='{entry}' has {len(given)} ind{'ex' if len(given) == 1 else 'ices'} "
-                                f"but {name} has {len(dims)}")
+                                f"but {name} has {len(dims)}{seen}")
+        outside.setdefault(name, entry)
+        _check_depends_chains(derived, name, chain, current)
         if not given:
             letters = [c for c in WRT_LETTERS if c not in taken and c not in used_user]
             if len(letters) < len(dims):
@@ -273,11 +276,43 @@ def _used_inputs(statements, inputs: dict, members: dict, keep: set) -> tuple[di
             {d: group for d, group in members.items() if group})
 
 
-def _depends_ndim(name, derived, given):
+def _outside_dims(name, given, inputs, outside):
+    """The dimensions ``name.0, name.1, ...`` of a variable the program does not have (only
+    depends= mentions it): as many as an earlier pass gave it (a Jacobian input carries
+    them), else as many as ``given`` names."""
+    known = {d for dims in inputs.values() for d in dims if d.startswith(name + ".")}
+    if known:
+        return tuple(f"{name}.{k}" for k in range(len(known)))
     if given:
-        return len(given)
+        return tuple(f"{name}.{k}" for k in range(len(given)))
     raise EinderivError(f"'{name}' is not in the program; with depends= name its indices, "
                         f"e.g. wrt='{name}_pq'")
+
+
+def _check_depends_chains(derived, name, statements, current):
+    """Refuse ``A`` depending on ``v`` where ``v`` itself depends on ``name`` (through
+    depends= or an intermediate that reads it): ∂A/∂name = ∂A/∂v · ∂v/∂name would need the
+    unknown Jacobian dAdv contracted with ∂v/∂name, which einderiv does not form. A cycle
+    (A on B, B on A) is such a chain too."""
+    read = {n for st in _needed(statements, [current]) for n in tensor_names(st.expr)}
+    read |= set(tensor_names(current))
+
+    def reaches(v, seen):
+        if v == name:
+            return True
+        if v in seen:
+            return False
+        seen.add(v)
+        nxt = ([derived[v]] if v in derived else []) + (
+            list(tensor_names(statements[v].expr)) if v in statements else [])
+        return any(reaches(n, seen) for n in nxt)
+
+    for k, v in derived.items():
+        if k in read and v != name and reaches(v, set()):
+            raise EinderivError(
+                f"depends: '{k}' depends on '{v}', which depends on '{name}' in turn; einderiv "
+                f"does not chain unknown Jacobians: declare depends={{'{k}': '{name}'}} and pass "
+                f"the Jacobian d{k}d{name} (= d{k}d{v} · d{v}d{name})")
 
 
 def fold_intermediates(e: Expr, statements) -> Expr:

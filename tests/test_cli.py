@@ -122,10 +122,18 @@ def test_check_finds_a_mismatch():
     (["--range", "3,2"], "--range needs finite LO < HI"),
     (["--range", "a"], "--range takes two numbers"),
     (["--sizes", "i=0"], "nothing to compare"),
+    # 2·10^8 evaluations of the formula: it ran for minutes, its memory growing, before
+    (["--sizes", "i=100000000"], "finite differences would evaluate"),
 ])
 def test_check_refuses_what_cannot_be_checked(args, message):
     r = run("check", "L = x_i x_i", "--wrt", "x", *(args if "--sizes" in args else ["--sizes", "i=3", *args]))
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_range_with_a_negative_lower_bound():
+    """argparse read '-1,1' as an option and answered 'expected one argument' before."""
+    r = run("check", "L = relu(x_i) + x_i^2", "--wrt", "x", "--sizes", "i=4", "--range", "-1,-0.5")
+    assert (r.returncode, r.stderr) == (0, "") and "OK" in r.stdout
 
 
 def test_check_outside_the_domain_is_not_a_mismatch_and_range_moves_inside():

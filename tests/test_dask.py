@@ -45,3 +45,14 @@ def test_hessian_with_delta_on_dask():
     hess = ed.diff("L = log(sum_i(exp(x_i)))", wrt=["x", "x"])
     got = hess.evaluate(backend="dask", x=da.from_array(x, chunks=3)).compute()
     np.testing.assert_allclose(got, hess.evaluate(x=x), rtol=1e-12)
+
+
+def test_delta_with_a_non_finite_diagonal_keeps_zeros_off_it():
+    """dy_i/dx_p = δ_ip / x_i at x = 0: inf on the diagonal, 0 off it, as numpy writes it (a
+    product with an identity made the off-diagonal entries 0 · inf = NaN before)."""
+    x = np.array([1.0, 0.0, 2.0])
+    d = ed.diff("y_i = log(x_i)", wrt="x")
+    with np.errstate(divide="ignore"):
+        got = d.evaluate(backend="dask", x=da.from_array(x)).compute()
+    expected = np.diag([1.0, np.inf, 0.5])
+    np.testing.assert_array_equal(got, expected)

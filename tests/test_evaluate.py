@@ -503,3 +503,35 @@ def test_sizes_name_the_dimension_no_array_carries(where):
     np.testing.assert_allclose(got, 4 * (W @ x), rtol=1e-12)
     with pytest.raises(ed.IndexSizeError, match="sizes gives index 'j' size 4, but x has size 3"):
         ed.parse("L = x_j z_j", sizes={"j": 4}).evaluate(x=np.ones(3), z=np.ones(3))
+
+
+def test_a_depends_variable_without_a_size_is_named_by_its_wrt_index():
+    """dL/dX_pq is zero when L does not read A; X is outside the program, so p and q get no
+    size from any array; the message names p (it named the internal 'X.0' before)."""
+    d = ed.diff("h_ij = A_ij; L = B_ii", wrt="X_pq", depends={"A": "X"})
+    with pytest.raises(ed.IndexSizeError, match="index 'p' has no size.*sizes=\\{'p': n\\}"):
+        d.evaluate(A=np.ones((2, 2)), B=np.ones((3, 3)))
+    np.testing.assert_array_equal(
+        d.evaluate(A=np.ones((2, 2)), B=np.ones((3, 3)), sizes={"p": 2, "q": 3}), np.zeros((2, 3)))
+
+
+def test_torch_inputs_on_one_device_take_the_converted_ones_along():
+    """A numpy array next to a torch tensor on another device (here 'meta', which any torch
+    build has) goes to that device; it raised torch's RuntimeError about devices before."""
+    torch = pytest.importorskip("torch")
+    d = ed.diff("L = a x_i x_i", wrt="x")
+    got = d.evaluate(a=np.array(2.0), x=torch.ones(3, device="meta"), backend="torch")
+    assert got.device.type == "meta" and tuple(got.shape) == (3,)
+    with pytest.raises(ed.InputError, match="'a' on meta.*'x' on cpu|'x' on cpu.*'a' on meta"):
+        d.evaluate(a=torch.ones((), device="meta"), x=torch.ones(3), backend="torch")
+
+
+def test_dask_array_of_unknown_shape_is_an_input_error():
+    da = pytest.importorskip("dask.array")
+    x = da.ones(6)
+    x = x[x > 0]                      # chunk sizes unknown until computed
+    d = ed.diff("L = x_i x_i", wrt="x")
+    with pytest.raises(ed.InputError, match="input 'x'.*unknown.*compute_chunk_sizes"):
+        d.evaluate(x=x, backend="dask")
+    np.testing.assert_array_equal(d.evaluate(x=x.compute_chunk_sizes(), backend="dask").compute(),
+                                  2 * np.ones(6))

@@ -126,3 +126,17 @@ def test_a_derivative_explained_again_is_its_next_derivative():
     text = ed.explain(ed.diff("L = x_i x_i x_i", wrt="x"), wrt="x")
     assert "with respect to x_q" in text
     assert "d²L/dx_p dx_q = 6 δ_pq x_p" in text
+
+
+def test_scalar_variable():
+    """dy_i/da of y_i = x_i^a: matrix_form raised ValueError (a one-axis result), and the
+    substitution read '∂a/∂a =  for da'."""
+    text = ed.explain("y_i = x_i^a", wrt="a")
+    assert "∂a/∂a = 1 for da" in text
+    assert "dy_i/da = y_i log(x_i)" in text
+    assert "each δ joining two free indices" not in text
+
+
+def test_wrt_that_is_not_a_string_or_list_is_an_einderiv_error():
+    with pytest.raises(ed.EinderivError, match="wrt"):
+        ed.explain("L = x_i x_i", wrt=5)

@@ -196,3 +196,22 @@ def test_program_matrix_forms(formula, text, latex):
     assert form.latex() == latex
     arrays = _arrays(p, seed=11)
     np.testing.assert_allclose(form.evaluate(**arrays), p.evaluate(**arrays), rtol=1e-10)
+
+
+@pytest.mark.parametrize("formula, wrt, latex", [
+    # (Σ_i x_i)² is not Σ_i x_i²: the sum inside a power keeps its parentheses
+    ("L = sum_i(x_i)^2", None, "L = \\left(\\sum_{i} x_{i}\\right)^{2}"),
+    ("L = sum_i(x_i^2)", None, "L = \\sum_{i} x_{i}^{2}"),
+    ("y_i = x_i / sum_j(x_j)", "x",
+     "\\frac{\\partial y_{i}}{\\partial x_{p}} = \\frac{\\delta_{ip}}{\\sum_{j} x_{j}}"
+     " - \\frac{x_{i}}{\\left(\\sum_{j} x_{j}\\right)^{2}}"),
+])
+def test_latex_of_a_power_of_a_sum(formula, wrt, latex):
+    program = ed.parse(formula) if wrt is None else ed.diff(formula, wrt=wrt)
+    assert program.latex() == latex
+
+
+def test_latex_writes_large_constants_with_a_power_of_ten():
+    # '2e+20' is Python's notation, not LaTeX's
+    assert ed.diff("L = 1e20 x_i x_i", wrt="x").latex() == (
+        "\\frac{\\partial L}{\\partial x_{p}} = 2 \\cdot 10^{20} x_{p}")

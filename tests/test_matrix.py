@@ -175,3 +175,13 @@ def test_matrix_form_takes_a_formula_string():
     assert str(ed.matrix_form("L = A_ij X_jk B_ki")) == str(ed.matrix_form(ed.parse("L = A_ij X_jk B_ki")))
     with pytest.raises(ed.EinderivError, match="formula string or a Program, got int"):
         ed.matrix_form(3)
+
+
+def test_one_axis_derivative_with_respect_to_a_scalar():
+    """∂y/∂a with y a vector, a a scalar: the layout note unpacked two axes (ValueError)."""
+    x, a = np.array([0.5, 1.5, 2.0]), np.array(1.3)
+    form = ed.matrix_form(ed.diff("y_i = x_i a", wrt="a"))
+    assert str(form) == "∂y/∂a = x   (numerator layout)"
+    np.testing.assert_allclose(ed.diff("y_i = x_i^a", wrt="a").evaluate(x=x, a=a),
+                               x ** a * np.log(x), rtol=1e-12)
+    assert ed.matrix_form(ed.diff("y_i = x_i^a", wrt="a")).exists

@@ -1004,6 +1004,45 @@ NAME_CLASHES = [
 ]
 
 
+# depends= chains: a function of a function of the variable (or of an intermediate that
+# reads it) would need the chain rule through an unknown Jacobian; einderiv has none to
+# use, so it refuses instead of dropping that path (the old silent wrong answer)
+DEPENDS_REFUSED = [
+    ("chain-through-input", lambda: ed.diff("C_ik = A_ij B_jk", wrt="X_pq",
+                                            depends={"A": "B", "B": "X"}),
+     "'A' depends on 'B', which depends on 'X'"),
+    ("chain-through-intermediate", lambda: ed.diff("h_ij = exp(B_ij); C_ik = A_ij h_jk",
+                                                   wrt="B_pq", depends={"A": "h"}),
+     "'A' depends on 'h', which depends on 'B'"),
+    ("cycle", lambda: ed.diff("C_ik = A_ij B_jk", wrt="A_pq", depends={"A": "B", "B": "A"}),
+     "'A' depends on 'B', which depends on 'A'"),
+    ("outside-variable-axes", lambda: ed.diff("C_ik = A_ij B_jk", wrt=["X_pq", "X_r"],
+                                              depends={"A": "X"}),
+     "wrt='X_r' has 1 index but X has 2 (wrt='X_pq')"),
+    ("outside-variable-axes-again",
+     lambda: ed.diff(ed.diff("C_ik = A_ij B_jk", wrt="X_pq", depends={"A": "X"}), wrt="X_r"),
+     "wrt='X_r' has 1 index but X has 2"),
+]
+
+
+@pytest.mark.parametrize("case", DEPENDS_REFUSED, ids=[c[0] for c in DEPENDS_REFUSED])
+def test_depends_chains_and_axis_counts_are_refused(case):
+    _, build, message = case
+    with pytest.raises(ed.EinderivError, match=re.escape(message)):
+        build()
+
+
+def test_depends_chain_not_involving_the_variable_is_fine():
+    # A = f(B), B = g(X): with respect to B itself no chain is needed
+    X = np.random.default_rng(71).normal(size=(3, 3))
+    d = ed.diff("C_ik = A_ij B_jk", wrt="B_pq", depends={"A": "B", "B": "X"})
+    B = X.copy()
+    A = np.sin(B)
+    dAdB = np.einsum("ip,jq->ijpq", np.eye(3), np.eye(3)) * np.cos(B)[:, :, None, None]
+    ref = fd_jacobian(lambda B: np.sin(B) @ B, {"B": B}, "B")
+    assert_close(evaluate(d, {"A": A, "B": B, "dAdB": dAdB}), ref, what="depends wrt B")
+
+
 @pytest.mark.parametrize("case", NAME_CLASHES, ids=[c[0] for c in NAME_CLASHES])
 def test_name_clashes_are_reported(case):
     _, build, message = case

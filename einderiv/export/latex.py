@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from ..ir import Delta, Expr, Func, Power, Size, Tensor, Term
+from ..ir import Delta, Expr, Func, Power, Size, Tensor, Term, term_indices
 from ..simplify import const_value
 from .text import format_number, split_term
 
@@ -35,14 +35,22 @@ def _sub(indices) -> str:
 def _number(c) -> str:
     if isinstance(c, Fraction) and c.denominator != 1:
         return rf"\frac{{{c.numerator}}}{{{c.denominator}}}"
-    return format_number(c)
+    text = format_number(c)
+    mantissa, e, power = text.partition("e")
+    if not e:
+        return text
+    return rf"{mantissa} \cdot 10^{{{int(power)}}}"       # 2e+20 → 2 \cdot 10^{20}
 
 
 def _atomic(base: Expr) -> bool:
+    """A base that needs no parentheses under an exponent: one tensor, function or δ, and
+    no sum (``(\sum_i x_i)^2`` is not ``\sum_i x_i^2``)."""
     if len(base.terms) != 1:
         return False
     t = base.terms[0]
-    return t.coeff == 1 and len(t.factors) == 1 and isinstance(t.factors[0], (Tensor, Func, Delta))
+    summed = any(i not in base.indices for i in term_indices(t))
+    return (t.coeff == 1 and len(t.factors) == 1 and not summed
+            and isinstance(t.factors[0], (Tensor, Func, Delta)))
 
 
 def factor_latex(f, taken) -> str:
@@ -75,13 +83,16 @@ def factor_latex(f, taken) -> str:
 def term_latex(term: Term, free, taken) -> tuple[str, bool]:
     term, letters = split_term(term, free, taken)
     inner = set(taken) | set(free) | set(letters)
-    numer, denom = [], []
+    numer, denom, reciprocals = [], [], []
     for f in term.factors:
         n = const_value(f.exponent) if isinstance(f, Power) else None
         if n is not None and n < 0:
             denom.append(factor_latex(Power(f.base, _const(-n)), inner))
+            reciprocals.append(f.base if n == -1 else None)
         else:
             numer.append(factor_latex(f, inner))
+    if len(denom) == 1 and reciprocals[0] is not None:   # the whole denominator: no parentheses
+        denom = [expr_latex(reciprocals[0], inner)]
     c = term.coeff
     negative = c < 0
     c = -c if negative else c

@@ -987,7 +987,7 @@ def _layout_note(d) -> str:
             return f"denominator layout: the shape of {wrt_names[0]}"
         return f"rows {d.wrt[0]}, columns {d.wrt[1]}"
     layout = d.layout if isinstance(d.layout, str) else "".join(d.layout)
-    if len(st.indices) > 2:
+    if len(st.indices) != 2:      # a vector (dy_i/da, a scalar a) or more than two axes
         return f"{layout} layout" if layout in ("numerator", "denominator") else f"layout {layout}"
     rows, cols = st.indices
     what = {i: d.of for i in st.indices if i not in wrt_idx}
