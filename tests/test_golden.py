@@ -215,3 +215,18 @@ def test_latex_writes_large_constants_with_a_power_of_ten():
     # '2e+20' is Python's notation, not LaTeX's
     assert ed.diff("L = 1e20 x_i x_i", wrt="x").latex() == (
         "\\frac{\\partial L}{\\partial x_{p}} = 2 \\cdot 10^{20} x_{p}")
+
+
+def test_an_irrational_coefficient_is_shown_as_a_decimal_that_reads_back():
+    # (1/2)^(1/3) / 3 was shown as the fraction 3968502629920499/15000000000000000
+    d = ed.diff("y_i = (x_i/2)^(1/3)", wrt="x")
+    assert str(d) == "dy_i/dx_p = 0.26456684199469993 δ_ip / x_i^(2/3)"
+    assert "0.26456684199469993" in d.latex() and "frac{39" not in d.latex()
+    x = np.array([0.3, 1.7, 4.0])
+    np.testing.assert_allclose(np.diag(d.evaluate(x=x)), (x / 2) ** (-2 / 3) / 6, rtol=1e-14)
+    again = ed.parse(str(d).replace("dy_i/dx_p", "J_ip"))
+    np.testing.assert_allclose(again.evaluate(x=x, sizes={"p": 3}), d.evaluate(x=x), rtol=1e-15)
+
+
+def test_small_fractions_stay_fractions():
+    assert str(ed.diff("L = x_i x_i / 3", wrt="x")) == "dL/dx_p = 2/3 x_p"

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 from ..ir import Delta, Expr, Func, Power, Size, Tensor, Term, term_indices
 from ..simplify import const_value
-from .text import format_number, split_term
+from .text import MAX_SHOWN_DENOMINATOR, format_number, split_term
 
 __all__ = ["expr_latex", "program_latex", "label_latex"]
 
@@ -33,7 +33,7 @@ def _sub(indices) -> str:
 
 
 def _number(c) -> str:
-    if isinstance(c, Fraction) and c.denominator != 1:
+    if isinstance(c, Fraction) and 1 < c.denominator <= MAX_SHOWN_DENOMINATOR:
         return rf"\frac{{{c.numerator}}}{{{c.denominator}}}"
     text = format_number(c)
     mantissa, e, power = text.partition("e")

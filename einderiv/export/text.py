@@ -30,8 +30,13 @@ def format_number(c) -> str:
             d //= 5
         if d == 1:
             return _exact_decimal(c)
+        if c.denominator > MAX_SHOWN_DENOMINATOR:
+            return repr(float(c))  # (1/2)^(1/3) / 3 as 0.26456684199469993, not 3968…/15…0
         return f"{c.numerator}/{c.denominator}"
     return repr(float(c))
+
+
+MAX_SHOWN_DENOMINATOR = 10**6   # a fraction with a longer denominator is shown as a decimal
 
 
 def _exact_decimal(c: Fraction) -> str:
