@@ -91,7 +91,12 @@ _KEYS: dict = {}
 
 
 def factor_key(factor, mask=frozenset()):
-    """A sortable key of a factor (summed indices in ``mask`` shown as ``*``), memoized."""
+    """A sortable key of a factor (summed indices in ``mask`` shown as ``*``), memoized.
+
+    Only the factor's own indices of ``mask`` matter, so the memo is keyed on those: the
+    factors of one long product share hits, and a hit does not compare the whole mask."""
+    if mask:
+        mask = mask.intersection(factor_indices(factor))
     cache_key = (factor, mask)
     key = _KEYS.get(cache_key)
     if key is None:
@@ -583,7 +588,7 @@ def mul(*exprs: Expr) -> Expr:
         avoid = set(dims)
         for p in products:
             avoid.update(term_indices(p))
-        lifted = _lift(e, avoid | _all_names(e) - set(e.indices))
+        lifted = _lift(e, avoid)
         if len(products) * len(lifted) > MAX_TERMS:
             raise EinderivError(
                 f"the product expands to {len(products) * len(lifted)} terms "

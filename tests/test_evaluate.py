@@ -503,3 +503,53 @@ def test_sizes_name_the_dimension_no_array_carries(where):
     np.testing.assert_allclose(got, 4 * (W @ x), rtol=1e-12)
     with pytest.raises(ed.IndexSizeError, match="sizes gives index 'j' size 4, but x has size 3"):
         ed.parse("L = x_j z_j", sizes={"j": 4}).evaluate(x=np.ones(3), z=np.ones(3))
+
+
+# --- terms wider than einsum's 52 letters ------------------------------------------------------
+
+def _tanh_chain(n):
+    lines = ["h1_i = tanh(sum_j(W1_ij x_j))"]
+    lines += [f"h{k}_i = tanh(sum_j(W{k}_ij h{k - 1}_j))" for k in range(2, n + 1)]
+    return "\n".join(lines + [f"L = h{n}_i h{n}_i"])
+
+
+def _tanh_chain_gradient(ws, x):
+    """dL/dW1 of L = |h_n|², h_k = tanh(W_k h_{k-1}), h_0 = x, by plain backpropagation."""
+    hs = [x]
+    for w in ws:
+        hs.append(np.tanh(w @ hs[-1]))
+    g = 2 * hs[-1]
+    for k in range(len(ws) - 1, 0, -1):
+        g = ws[k].T @ (g * (1 - hs[k + 1] ** 2))
+    return np.outer(g * (1 - hs[1] ** 2), x)
+
+
+def test_a_term_with_more_indices_than_einsum_letters_is_contracted_in_parts():
+    # 60 matrices in one term: 61 distinct indices, more than einsum's 52 letters
+    n = 60
+    names = [f"a{k}" for k in range(n + 1)]
+    src = "y_{a0,a60} = " + " ".join(f"M{k}_{{{names[k]},{names[k + 1]}}}" for k in range(n))
+    ms = [rng.normal(size=(2, 2)) for _ in range(n)]
+    arrays = {f"M{k}": m for k, m in enumerate(ms)}
+    prog = ed.parse(src)
+    want = np.linalg.multi_dot(ms)
+    np.testing.assert_allclose(prog.evaluate(**arrays), want, rtol=1e-10)
+    namespace = {}
+    exec(prog.to_source("numpy", name="f"), namespace)
+    np.testing.assert_allclose(namespace["f"](**arrays), want, rtol=1e-10)
+    for step in prog.einsum():
+        ins, out = step.subscripts.split("->")
+        assert len(set(ins.replace(",", ""))) <= 52
+
+
+def test_gradient_through_a_60_layer_chain_matches_backpropagation():
+    # its one term reads all 60 weight matrices: 61 summed and free indices
+    n, m = 60, 3
+    # orthogonal weights: the gradient neither vanishes nor explodes over 60 layers
+    ws = [np.linalg.qr(rng.normal(size=(m, m)))[0] for _ in range(n)]
+    x = rng.normal(size=m)
+    d = ed.diff(_tanh_chain(n), wrt="W1")
+    got = d.evaluate(x=x, **{f"W{k + 1}": w for k, w in enumerate(ws)})
+    want = _tanh_chain_gradient(ws, x)
+    assert np.abs(want).min() > 1e-8
+    np.testing.assert_allclose(got, want, rtol=1e-9)
