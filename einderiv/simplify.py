@@ -192,8 +192,21 @@ def factor_expr(factor) -> Expr:
 
 # --- the term normalizer ---------------------------------------------------------------------
 
+_REBUILT: dict = {}
+
+
 def _rebuild(e: Expr) -> Expr:
-    """Re-canonicalize an expression and every expression nested in it, innermost first."""
+    """Re-canonicalize an expression and every expression nested in it, innermost first
+    (memoized: the same nested expression is often shared by many factors)."""
+    hit = _REBUILT.get(e)
+    if hit is None:
+        if len(_REBUILT) > 100000:
+            _REBUILT.clear()
+        hit = _REBUILT[e] = _rebuild_all(e)
+    return hit
+
+
+def _rebuild_all(e: Expr) -> Expr:
     terms = []
     for t in e.terms:
         factors = []
@@ -472,7 +485,7 @@ def _normalize_factors(factors: list, free):
             if n is not None and n > 0:
                 return False
     if any(isinstance(f, Delta) for f in factors):
-        before = [f for f in factors if isinstance(f, (Func, Power))]
+        before = {f for f in factors if isinstance(f, (Func, Power))}   # a set: n cos factors
         _eliminate_deltas(factors, free)
         if before and any(isinstance(f, (Func, Power)) for f in factors):
             rebuilt = []
