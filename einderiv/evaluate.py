@@ -92,11 +92,18 @@ def _canonical(node_indices, node):
     that the key's placeholders ``#0, #1, ...`` stand for.
 
     The placeholders are assigned by trying the orders of the free indices and keeping the
-    smallest key, so ``tanh(W_ij x_bj)`` over (b, i) and over (n, i) get the same key.
+    smallest key, so ``tanh(W_ij x_bj)`` over (b, i) and over (n, i) get the same key. A
+    large node (a nested group of a Hessian through many layers) takes the sorted order only:
+    each order tried re-canonicalizes all of it. Any order gives a correct key (the key is
+    the renamed node itself); the search only finds more common subexpressions.
     """
     from .simplify import expr as canon, expr_key, factor_key
     names = sorted(node_indices)
-    orders = itertools.permutations(names) if len(names) <= 4 else [tuple(names)]
+    orders = [tuple(names)]
+    if 1 < len(names) <= 4:
+        size = len(expr_key(node) if isinstance(node, Expr) else factor_key(node))
+        if size <= _SEARCHED_KEY_SIZE:
+            orders = itertools.permutations(names)
     best = None
     for order in orders:
         mapping = {i: f"#{k}" for k, i in enumerate(order)}
@@ -115,6 +122,9 @@ def _canonical(node_indices, node):
         if best is None or rank < best[0]:
             best = (rank, key, tuple(order))
     return best[1], best[2]
+
+
+_SEARCHED_KEY_SIZE = 4000   # key atoms of a node up to which _canonical tries every order
 
 
 class _Lowering:

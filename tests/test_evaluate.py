@@ -553,3 +553,43 @@ def test_gradient_through_a_60_layer_chain_matches_backpropagation():
     want = _tanh_chain_gradient(ws, x)
     assert np.abs(want).min() > 1e-8
     np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_a_large_nested_group_is_keyed_once_not_once_per_order_of_its_indices(monkeypatch):
+    # The Hessian of a 12-layer chain nests a group over 4 indices whose text is ~70,000
+    # characters; keying it under all 24 orders of those indices took seconds per group.
+    from einderiv.simplify import expr_key
+    d = ed.diff(_tanh_chain(12), wrt=["x_p", "x_q"])
+    renamed = {}
+    real = ev.rename_expr
+
+    def counting(e, mapping):
+        if len(expr_key(e)) > 5_000:    # above _SEARCHED_KEY_SIZE
+            renamed[id(e)] = renamed.get(id(e), 0) + 1
+        return real(e, mapping)
+
+    monkeypatch.setattr(ev, "rename_expr", counting)
+    d.einsum()
+    # once as the group (a Power factor), once as the expression inside it: not 2 x 24 times
+    assert renamed and max(renamed.values()) <= 2
+
+
+def test_hessian_through_an_8_layer_chain_matches_finite_differences():
+    n, m = 8, 3
+    ws = [np.linalg.qr(rng.normal(size=(m, m)))[0] for _ in range(n)]
+    x = rng.normal(size=m)
+
+    def gradient(x):   # dL/dx by plain backpropagation
+        hs = [x]
+        for w in ws:
+            hs.append(np.tanh(w @ hs[-1]))
+        g = 2 * hs[-1]
+        for k in range(n - 1, -1, -1):
+            g = ws[k].T @ (g * (1 - hs[k + 1] ** 2))
+        return g
+
+    h = 1e-5
+    want = np.stack([(gradient(x + h * e) - gradient(x - h * e)) / (2 * h) for e in np.eye(m)], axis=1)
+    got = ed.diff(_tanh_chain(n), wrt=["x_p", "x_q"]).evaluate(x=x, **{f"W{k + 1}": w for k, w in enumerate(ws)})
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
