@@ -221,7 +221,7 @@ class _Lowering:
                     operands.append(self.operand(f, _restricted(want, factor_indices_of(f))))
             if len({i for _, idx in operands for i in idx}) > len(_LETTERS):
                 keep = set(e.indices) | {i for pair in deltas for i in pair}
-                operands = self.narrow(operands, keep, {**term_dims(t.factors), **dims})
+                operands = self.narrow(operands, keep, {**term_dims(t.factors), **dims}, target)
             terms.append(EinsumTerm(float(t.coeff), tuple(sizes), operands, deltas))
         if order is None:
             order = _layout(e.indices, prefer, [idx for term in terms for _, idx in term.operands])
@@ -235,7 +235,7 @@ class _Lowering:
         return target, order
 
 
-    def narrow(self, operands, keep, dims):
+    def narrow(self, operands, keep, dims, where=None):
         """Operands of a term with more distinct indices than einsum has letters (52), e.g.
         the gradient of a 100-layer chain: connected groups of them are contracted into
         temporaries first, each over the indices the rest of the term or ``keep`` (the
@@ -247,8 +247,9 @@ class _Lowering:
                 if group is not None:
                     break
             else:
-                raise EinderivError(f"a term has more than {len(_LETTERS)} distinct indices that do "
-                                    f"not split into smaller contractions (einsum's limit)")
+                count = len({i for _, idx in rest for i in idx})
+                raise EinderivError(f"a term{f' of {where}' if where else ''} keeps {count} distinct "
+                                    f"indices, more than einsum's {len(_LETTERS)} letters")
             target = self.temp()
             self.plan.steps.append(ExprStep(target, axes, tuple(dims[i] for i in axes),
                                             [EinsumTerm(1.0, (), [rest[k] for k in group], [])]))
@@ -278,7 +279,7 @@ def _connected_group(operands, start, keep):
         if k not in group:
             outside.update(idx)
     axes = tuple(i for i in dict.fromkeys(i for k in group for i in operands[k][1]) if i in outside)
-    if len(group) < 2 or len(axes) >= len(seen):
+    if len(axes) >= len(seen):    # nothing summed away (a lone operand may sum its own axes)
         return None, None
     return set(group), axes
 

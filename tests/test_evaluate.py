@@ -542,6 +542,17 @@ def test_a_term_with_more_indices_than_einsum_letters_is_contracted_in_parts():
         assert len(set(ins.replace(",", ""))) <= 52
 
 
+def test_53_separate_sums_in_one_term_are_summed_apart_and_53_free_axes_are_refused():
+    names = [f"a{k}" for k in range(53)]
+    factors = " ".join(f"v{k}_{{{names[k]},}}" for k in range(53))
+    vs = {f"v{k}": rng.normal(size=2) for k in range(53)}
+    np.testing.assert_allclose(ed.parse("L = " + factors).evaluate(**vs),
+                               np.prod([v.sum() for v in vs.values()]), rtol=1e-12)
+    outer = ed.parse("T_{" + ",".join(names) + "} = " + factors)
+    with pytest.raises(ed.EinderivError, match="term of T keeps 53 distinct indices"):
+        outer.evaluate(**{k: v[:1] for k, v in vs.items()})
+
+
 def test_gradient_through_a_60_layer_chain_matches_backpropagation():
     # its one term reads all 60 weight matrices: 61 summed and free indices
     n, m = 60, 3
