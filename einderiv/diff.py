@@ -40,6 +40,7 @@ def derive_term(term: Term, context: Expr, seed: Seed, wrt: dict):
     """
     out = []
     factors = term.factors
+    free = set(context.indices) | set(wrt)
     for k, f in enumerate(factors):
         df = derive_factor(f, seed, wrt)
         if df is None or S.is_zero(df):
@@ -47,17 +48,20 @@ def derive_term(term: Term, context: Expr, seed: Seed, wrt: dict):
         others = factors[:k] + factors[k + 1:]
         rest = Expr((), (), (Term(term.coeff, others),))
         # rest carries no free indices of its own: everything in it is visible to df
-        product = _distribute(rest, df)
-        out.extend(product)
+        out.extend(_distribute(rest, df, free))
     return out
 
 
-def _distribute(rest: Expr, df: Expr):
-    """Terms of ``rest · df`` where the indices of ``rest``'s single term are all kept."""
+def _distribute(rest: Expr, df: Expr, free: set):
+    """Terms of ``rest · df`` where the indices of ``rest``'s single term are all kept.
+
+    A summed index of ``df`` is renamed only where it meets an index of ``rest`` or a free
+    index of the result (``free``); the others keep their (canonical) names, so the product
+    is already in canonical form more often and simplifies without a rename.
+    """
     (r,) = rest.terms
-    taken = set(term_indices(r))
     df = S.group(df)
-    lifted = S._lift(df, taken | S._all_names(df) - set(df.indices))
+    lifted = S._lift(df, set(term_indices(r)) | free)
     return [Term(S.times(r.coeff, t.coeff), r.factors + t.factors) for t in lifted]
 
 

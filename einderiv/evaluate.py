@@ -23,7 +23,7 @@ import opt_einsum as oe
 
 from .errors import EinderivError, IndexSizeError
 from .functions import backend_function
-from .ir import Delta, Expr, Func, Power, Size, Tensor, rename_expr, term_indices
+from .ir import Delta, Expr, Func, Power, Size, Tensor, rename_expr, term_dims, term_indices
 from .kernels import compile_contraction, compile_gram, smallest_operand
 from .simplify import const_value
 
@@ -92,11 +92,18 @@ def _canonical(node_indices, node):
     that the key's placeholders ``#0, #1, ...`` stand for.
 
     The placeholders are assigned by trying the orders of the free indices and keeping the
-    smallest key, so ``tanh(W_ij x_bj)`` over (b, i) and over (n, i) get the same key.
+    smallest key, so ``tanh(W_ij x_bj)`` over (b, i) and over (n, i) get the same key. A
+    large node (a nested group of a Hessian through many layers) takes the sorted order only:
+    each order tried re-canonicalizes all of it. Any order gives a correct key (the key is
+    the renamed node itself); the search only finds more common subexpressions.
     """
     from .simplify import expr as canon, expr_key, factor_key
     names = sorted(node_indices)
-    orders = itertools.permutations(names) if len(names) <= 4 else [tuple(names)]
+    orders = [tuple(names)]
+    if 1 < len(names) <= 4:
+        size = len(expr_key(node) if isinstance(node, Expr) else factor_key(node))
+        if size <= _SEARCHED_KEY_SIZE:
+            orders = itertools.permutations(names)
     best = None
     for order in orders:
         mapping = {i: f"#{k}" for k, i in enumerate(order)}
@@ -115,6 +122,9 @@ def _canonical(node_indices, node):
         if best is None or rank < best[0]:
             best = (rank, key, tuple(order))
     return best[1], best[2]
+
+
+_SEARCHED_KEY_SIZE = 4000   # key atoms of a node up to which _canonical tries every order
 
 
 class _Lowering:
@@ -209,6 +219,9 @@ class _Lowering:
                     sizes.append(f.dim)
                 else:
                     operands.append(self.operand(f, _restricted(want, factor_indices_of(f))))
+            if len({i for _, idx in operands for i in idx}) > len(_LETTERS):
+                keep = set(e.indices) | {i for pair in deltas for i in pair}
+                operands = self.narrow(operands, keep, {**term_dims(t.factors), **dims}, target)
             terms.append(EinsumTerm(float(t.coeff), tuple(sizes), operands, deltas))
         if order is None:
             order = _layout(e.indices, prefer, [idx for term in terms for _, idx in term.operands])
@@ -220,6 +233,55 @@ class _Lowering:
             self.cache[key] = (target, tuple(position[i] for i in order),
                                tuple(f"#{k}" for k in range(len(canon_order))))
         return target, order
+
+
+    def narrow(self, operands, keep, dims, where=None):
+        """Operands of a term with more distinct indices than einsum has letters (52), e.g.
+        the gradient of a 100-layer chain: connected groups of them are contracted into
+        temporaries first, each over the indices the rest of the term or ``keep`` (the
+        term's free and δ indices) still needs, until what is left fits one einsum."""
+        rest = list(operands)
+        while len({i for _, idx in rest for i in idx}) > len(_LETTERS):
+            for start in range(len(rest)):
+                group, axes = _connected_group(rest, start, keep)
+                if group is not None:
+                    break
+            else:
+                count = len({i for _, idx in rest for i in idx})
+                raise EinderivError(f"a term{f' of {where}' if where else ''} keeps {count} distinct "
+                                    f"indices, more than einsum's {len(_LETTERS)} letters")
+            target = self.temp()
+            self.plan.steps.append(ExprStep(target, axes, tuple(dims[i] for i in axes),
+                                            [EinsumTerm(1.0, (), [rest[k] for k in group], [])]))
+            rest = [op for k, op in enumerate(rest) if k not in group] + [(target, axes)]
+        return rest
+
+
+_GROUP_INDICES = 26   # indices of one partial contraction of a term too wide for einsum
+
+
+def _connected_group(operands, start, keep):
+    """Positions of operands connected to ``operands[start]`` through shared indices (at
+    most ``_GROUP_INDICES`` indices in all) and the axes their
+    contraction keeps; (None, None) when contracting them would not remove an index."""
+    group = [start]
+    seen = set(operands[start][1])
+    while True:
+        # the connected operand that brings the fewest new indices (a chain grows link by link)
+        best = min(((len(set(idx) - seen), k) for k, (_, idx) in enumerate(operands)
+                    if k not in group and not seen.isdisjoint(idx)), default=None)
+        if best is None or len(seen) + best[0] > _GROUP_INDICES:
+            break
+        seen.update(operands[best[1]][1])
+        group.append(best[1])
+    outside = set(keep)
+    for k, (_, idx) in enumerate(operands):
+        if k not in group:
+            outside.update(idx)
+    axes = tuple(i for i in dict.fromkeys(i for k in group for i in operands[k][1]) if i in outside)
+    if len(axes) >= len(seen):    # nothing summed away (a lone operand may sum its own axes)
+        return None, None
+    return set(group), axes
 
 
 def _restricted(order, indices):

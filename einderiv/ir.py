@@ -257,6 +257,21 @@ def rename_expr(expr: Expr, mapping: dict) -> Expr:
     mapping = {k: v for k, v in mapping.items() if k in expr.indices and k != v}
     if not mapping:
         return expr
+    key = (expr, tuple(mapping.items()))
+    hit = _RENAMED.get(key)
+    if hit is None:
+        if len(_RENAMED) > 100000:
+            _RENAMED.clear()
+        hit = _RENAMED[key] = _renamed(expr, mapping)
+    return hit
+
+
+# an expression nested in n factors (cos(sin(sin(x_i))) in the derivative of sin^n) is renamed
+# once, not once per factor that holds it
+_RENAMED: dict = {}
+
+
+def _renamed(expr: Expr, mapping: dict) -> Expr:
     targets = set(mapping.values())
     new_terms = []
     for term in expr.terms:

@@ -91,7 +91,12 @@ _KEYS: dict = {}
 
 
 def factor_key(factor, mask=frozenset()):
-    """A sortable key of a factor (summed indices in ``mask`` shown as ``*``), memoized."""
+    """A sortable key of a factor (summed indices in ``mask`` shown as ``*``), memoized.
+
+    Only the factor's own indices of ``mask`` matter, so the memo is keyed on those: the
+    factors of one long product share hits, and a hit does not compare the whole mask."""
+    if mask:
+        mask = mask.intersection(factor_indices(factor))
     cache_key = (factor, mask)
     key = _KEYS.get(cache_key)
     if key is None:
@@ -187,8 +192,21 @@ def factor_expr(factor) -> Expr:
 
 # --- the term normalizer ---------------------------------------------------------------------
 
+_REBUILT: dict = {}
+
+
 def _rebuild(e: Expr) -> Expr:
-    """Re-canonicalize an expression and every expression nested in it, innermost first."""
+    """Re-canonicalize an expression and every expression nested in it, innermost first
+    (memoized: the same nested expression is often shared by many factors)."""
+    hit = _REBUILT.get(e)
+    if hit is None:
+        if len(_REBUILT) > 100000:
+            _REBUILT.clear()
+        hit = _REBUILT[e] = _rebuild_all(e)
+    return hit
+
+
+def _rebuild_all(e: Expr) -> Expr:
     terms = []
     for t in e.terms:
         factors = []
@@ -467,7 +485,7 @@ def _normalize_factors(factors: list, free):
             if n is not None and n > 0:
                 return False
     if any(isinstance(f, Delta) for f in factors):
-        before = [f for f in factors if isinstance(f, (Func, Power))]
+        before = {f for f in factors if isinstance(f, (Func, Power))}   # a set: n cos factors
         _eliminate_deltas(factors, free)
         if before and any(isinstance(f, (Func, Power)) for f in factors):
             rebuilt = []
@@ -583,7 +601,7 @@ def mul(*exprs: Expr) -> Expr:
         avoid = set(dims)
         for p in products:
             avoid.update(term_indices(p))
-        lifted = _lift(e, avoid | _all_names(e) - set(e.indices))
+        lifted = _lift(e, avoid)
         if len(products) * len(lifted) > MAX_TERMS:
             raise EinderivError(
                 f"the product expands to {len(products) * len(lifted)} terms "

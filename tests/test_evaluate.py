@@ -535,3 +535,104 @@ def test_dask_array_of_unknown_shape_is_an_input_error():
         d.evaluate(x=x, backend="dask")
     np.testing.assert_array_equal(d.evaluate(x=x.compute_chunk_sizes(), backend="dask").compute(),
                                   2 * np.ones(6))
+
+
+# --- terms wider than einsum's 52 letters ------------------------------------------------------
+
+def _tanh_chain(n):
+    lines = ["h1_i = tanh(sum_j(W1_ij x_j))"]
+    lines += [f"h{k}_i = tanh(sum_j(W{k}_ij h{k - 1}_j))" for k in range(2, n + 1)]
+    return "\n".join(lines + [f"L = h{n}_i h{n}_i"])
+
+
+def _tanh_chain_gradient(ws, x):
+    """dL/dW1 of L = |h_n|², h_k = tanh(W_k h_{k-1}), h_0 = x, by plain backpropagation."""
+    hs = [x]
+    for w in ws:
+        hs.append(np.tanh(w @ hs[-1]))
+    g = 2 * hs[-1]
+    for k in range(len(ws) - 1, 0, -1):
+        g = ws[k].T @ (g * (1 - hs[k + 1] ** 2))
+    return np.outer(g * (1 - hs[1] ** 2), x)
+
+
+def test_a_term_with_more_indices_than_einsum_letters_is_contracted_in_parts():
+    # 60 matrices in one term: 61 distinct indices, more than einsum's 52 letters
+    n = 60
+    names = [f"a{k}" for k in range(n + 1)]
+    src = "y_{a0,a60} = " + " ".join(f"M{k}_{{{names[k]},{names[k + 1]}}}" for k in range(n))
+    ms = [rng.normal(size=(2, 2)) for _ in range(n)]
+    arrays = {f"M{k}": m for k, m in enumerate(ms)}
+    prog = ed.parse(src)
+    want = np.linalg.multi_dot(ms)
+    np.testing.assert_allclose(prog.evaluate(**arrays), want, rtol=1e-10)
+    namespace = {}
+    exec(prog.to_source("numpy", name="f"), namespace)
+    np.testing.assert_allclose(namespace["f"](**arrays), want, rtol=1e-10)
+    for step in prog.einsum():
+        ins, out = step.subscripts.split("->")
+        assert len(set(ins.replace(",", ""))) <= 52
+
+
+def test_53_separate_sums_in_one_term_are_summed_apart_and_53_free_axes_are_refused():
+    names = [f"a{k}" for k in range(53)]
+    factors = " ".join(f"v{k}_{{{names[k]},}}" for k in range(53))
+    vs = {f"v{k}": rng.normal(size=2) for k in range(53)}
+    np.testing.assert_allclose(ed.parse("L = " + factors).evaluate(**vs),
+                               np.prod([v.sum() for v in vs.values()]), rtol=1e-12)
+    outer = ed.parse("T_{" + ",".join(names) + "} = " + factors)
+    with pytest.raises(ed.EinderivError, match="term of T keeps 53 distinct indices"):
+        outer.evaluate(**{k: v[:1] for k, v in vs.items()})
+
+
+def test_gradient_through_a_60_layer_chain_matches_backpropagation():
+    # its one term reads all 60 weight matrices: 61 summed and free indices
+    n, m = 60, 3
+    # orthogonal weights: the gradient neither vanishes nor explodes over 60 layers
+    ws = [np.linalg.qr(rng.normal(size=(m, m)))[0] for _ in range(n)]
+    x = rng.normal(size=m)
+    d = ed.diff(_tanh_chain(n), wrt="W1")
+    got = d.evaluate(x=x, **{f"W{k + 1}": w for k, w in enumerate(ws)})
+    want = _tanh_chain_gradient(ws, x)
+    assert np.abs(want).min() > 1e-8
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_a_large_nested_group_is_keyed_once_not_once_per_order_of_its_indices(monkeypatch):
+    # The Hessian of a 12-layer chain nests a group over 4 indices whose text is ~70,000
+    # characters; keying it under all 24 orders of those indices took seconds per group.
+    from einderiv.simplify import expr_key
+    d = ed.diff(_tanh_chain(12), wrt=["x_p", "x_q"])
+    renamed = {}
+    real = ev.rename_expr
+
+    def counting(e, mapping):
+        if len(expr_key(e)) > 5_000:    # above _SEARCHED_KEY_SIZE
+            renamed[id(e)] = renamed.get(id(e), 0) + 1
+        return real(e, mapping)
+
+    monkeypatch.setattr(ev, "rename_expr", counting)
+    d.einsum()
+    # once as the group (a Power factor), once as the expression inside it: not 2 x 24 times
+    assert renamed and max(renamed.values()) <= 2
+
+
+def test_hessian_through_an_8_layer_chain_matches_finite_differences():
+    n, m = 8, 3
+    ws = [np.linalg.qr(rng.normal(size=(m, m)))[0] for _ in range(n)]
+    x = rng.normal(size=m)
+
+    def gradient(x):   # dL/dx by plain backpropagation
+        hs = [x]
+        for w in ws:
+            hs.append(np.tanh(w @ hs[-1]))
+        g = 2 * hs[-1]
+        for k in range(n - 1, -1, -1):
+            g = ws[k].T @ (g * (1 - hs[k + 1] ** 2))
+        return g
+
+    h = 1e-5
+    want = np.stack([(gradient(x + h * e) - gradient(x - h * e)) / (2 * h) for e in np.eye(m)], axis=1)
+    got = ed.diff(_tanh_chain(n), wrt=["x_p", "x_q"]).evaluate(x=x, **{f"W{k + 1}": w for k, w in enumerate(ws)})
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
