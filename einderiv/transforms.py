@@ -27,8 +27,14 @@ def _as_analysis(src, sizes) -> tuple[Analysis, str, str | None]:
     if isinstance(src, Program):
         if sizes:
             raise EinderivError("sizes= goes with the formula text, not with a parsed Program")
-        unsized = getattr(getattr(src, "_analysis", None), "unsized", None)
-        analysis = Analysis(src.statements, dict(src._inputs),
+        earlier = getattr(src, "_analysis", None)
+        inputs = dict(src._inputs)
+        # an input the result no longer reads (x in the Hessian A + Aᵀ of x'Ax) is still a
+        # variable of the program: differentiating again by it gives 0, not an error
+        for name in getattr(src, "_unused", ()):
+            inputs.setdefault(name, earlier.inputs[name])
+        unsized = getattr(earlier, "unsized", None)
+        analysis = Analysis(src.statements, inputs,
                             {k: list(v) for k, v in src._members.items()}, dict(src._sizes), unsized)
         return analysis, src.source, src.outputs[-1]
     if not isinstance(src, str):

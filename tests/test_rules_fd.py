@@ -905,6 +905,19 @@ def test_diff_of_a_program_derivative_matches_the_hessian_path():
     assert_close(evaluate(twice, arrays), ref, atol_rel=ATOL_REL[2], what="diff(diff(mlp))")
 
 
+def test_diff_of_a_derivative_that_no_longer_reads_the_variable_is_zero():
+    # the Hessian A + Aᵀ does not read x; differentiating it twice more by x used to raise
+    # "cannot differentiate with respect to 'x': it is not a tensor of the program"
+    arrays = random_inputs({"A": (I, I), "x": (I,)}, seed=66)
+    d = ed.diff("L = x_i A_ij x_j", wrt="x_p")
+    for w in ("x_q", "x_r", "x_s"):
+        d = ed.diff(d, wrt=w)
+    assert d.wrt == ("x_p", "x_q", "x_r", "x_s")
+    got = evaluate(d, arrays)
+    third = fd_derivative(lambda A, x: A + A.T, arrays, ["x"])     # ∂(A + Aᵀ)/∂x, by FD
+    assert got.shape == (I,) * 4 and np.all(got == 0) and np.allclose(third, 0)
+
+
 NESTED_LAYOUTS = [
     # (first layout, second layout (None: not given), the whole derivative's axes, its layout)
     ("denominator", None, "prsi", "denominator"),
