@@ -335,7 +335,12 @@ def _as_backend_array(name, value, backend):
     if backend == "torch":
         import torch
         if not isinstance(value, torch.Tensor):
-            value = torch.as_tensor(_numpy_input(name, value))
+            value = _numpy_input(name, value)
+            if not value.flags.writeable:
+                # a read-only buffer (a jax array's) would make torch warn on every call;
+                # einderiv never writes into inputs, but torch cannot know that
+                value = value.copy()
+            value = torch.as_tensor(value)
         try:
             dtype = np.dtype(str(value.dtype).replace("torch.", ""))
         except TypeError:

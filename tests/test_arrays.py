@@ -359,3 +359,17 @@ def test_masked_entries_are_refused_not_dropped():
         p.evaluate(x=x)
     assert float(p.evaluate(x=x.filled(0.0))) == 10.0
     assert float(p.evaluate(x=np.ma.masked_array([1.0, 2.0]))) == 5.0    # nothing masked
+
+
+def test_a_jax_array_on_the_torch_backend_gives_no_warning():
+    # np.asarray of a jax array is read-only, and torch.as_tensor warned about it
+    torch = pytest.importorskip("torch")
+    jnp = pytest.importorskip("jax.numpy")
+    import warnings
+    a = jnp.asarray(np.arange(6.0, dtype=np.float32).reshape(2, 3))
+    b = np.ones((3, 2), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ed.parse("C_ik = A_ij B_jk").evaluate(A=a, B=b, backend="torch")
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_allclose(got.numpy(), np.asarray(a) @ b)

@@ -43,7 +43,7 @@ def _number(c) -> str:
 
 
 def _atomic(base: Expr) -> bool:
-    """A base that needs no parentheses under an exponent: one tensor, function or δ, and
+    r"""A base that needs no parentheses under an exponent: one tensor, function or δ, and
     no sum (``(\sum_i x_i)^2`` is not ``\sum_i x_i^2``)."""
     if len(base.terms) != 1:
         return False
