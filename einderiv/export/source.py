@@ -107,6 +107,8 @@ _AS_ARRAY = {"numpy": "{n} = np.asarray({n})",
              "torch": "{n} = {n} if torch.is_tensor({n}) else torch.as_tensor(np.asarray({n}))",
              "jax": "{n} = jnp.asarray({n})"}
 _TYPE_OF = {"numpy": "{n}", "torch": "str({n}.dtype).removeprefix('torch.')", "jax": "{n}"}
+_IS_BFLOAT16 = {"numpy": "{n}.dtype.kind == 'V'", "torch": "{n}.dtype is torch.bfloat16",
+                "jax": "{n}.dtype.kind == 'V'"}
 _CAST = {"numpy": "{n} = {n}.astype(dtype, copy=False)", "torch": "{n} = {n}.to(dtype)",
          "jax": "{n} = {n}.astype(dtype)"}
 
@@ -126,10 +128,10 @@ def _input_prologue(inputs, target):
         lines += [f"if ({wide}) and not jax.config.read('jax_enable_x64'):",
                   "    raise TypeError('64-bit inputs while jax has 64-bit numbers off: call "
                   "jax.config.update(\"jax_enable_x64\", True) first')"]
-    every = ", ".join(inputs)
-    lines += [f"if any(str(getattr(_v, 'dtype', '')).endswith('bfloat16') for _v in ({every},)):",
-              f"    raise TypeError({bfloat16!r})"]
     lines += [_AS_ARRAY[target].format(n=n) for n in inputs]
+    # one attribute test per input (str(dtype) would cost about 3 µs each, every call)
+    lines += [f"if {' or '.join(_IS_BFLOAT16[target].format(n=n) for n in inputs)}:",
+              f"    raise TypeError({bfloat16!r})"]
     listed = ", ".join(_TYPE_OF[target].format(n=n) for n in inputs)
     lines += [f"dtype = {'jnp' if target == 'jax' else 'np'}.result_type({listed}, 1.0)",
               "if dtype.kind == 'c':", f"    raise TypeError({refuse!r})"]
