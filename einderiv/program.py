@@ -318,7 +318,14 @@ def _check_dtype(name, dtype):
 def _refuse_bfloat16(name, value):
     """bfloat16 (torch's, or jax's and ml_dtypes') is refused on every backend: numpy, whose
     dtype rules they all follow, has no bfloat16 arithmetic (its einsum refuses the type)."""
-    if str(getattr(value, "dtype", "")).removeprefix("torch.") == "bfloat16":
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return
+    if isinstance(dtype, np.dtype):                  # numpy, jax, ml_dtypes: no str() per call
+        bad = dtype.kind == "V" and dtype.name == "bfloat16"
+    else:
+        bad = str(dtype) == "torch.bfloat16"
+    if bad:
         raise InputError(f"input '{name}' is bfloat16, which einderiv does not compute with "
                          f"(numpy, whose dtype rules every backend follows, has no bfloat16); "
                          f"convert it first: {name}.float() for a torch tensor, "
