@@ -114,6 +114,9 @@ def _read_formula(arg: str) -> str:
     return arg
 
 
+_WRT_HELP = "variable: A, A_pq; repeat it or give a list x_p,x_q for higher order"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(
@@ -124,11 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"einderiv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def common(p, wrt=True, layout=True, to=True, depends=True):
+    def common(p, wrt=_WRT_HELP, layout=True, to=True, depends=True):
         p.add_argument("formula", help='the formula or program, a file with it, or "-" for stdin')
         if wrt:
-            p.add_argument("--wrt", action="append", metavar="VAR",
-                           help="variable: A, A_pq; repeat it or give a list x_p,x_q for higher order")
+            p.add_argument("--wrt", action="append", metavar="VAR", help=wrt)
         p.add_argument("--of", help="the left-hand name to differentiate (default: the last statement)")
         if layout:
             p.add_argument("--layout", help="numerator (default), denominator, or an index order like pqik")
@@ -147,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, wrt=False, layout=False, depends=False)
     p = sub.add_parser("vjp", help="the vector-Jacobian product (a backward pass)", formatter_class=fmt,
                        epilog='example: einderiv vjp "y_i = sum_j(W_ij x_j)" --wrt W,x')
-    common(p, layout=False, depends=False)
+    common(p, wrt="variables without indices: W, x; repeat it or give a list W,x (one result each)",
+           layout=False, depends=False)
     p.add_argument("--cotangent", default="G", help="name of the cotangent input (default G)")
     p = sub.add_parser("check", help="compare the derivative with central finite differences",
                        formatter_class=fmt,

@@ -6,7 +6,9 @@ in Python; sums and products are kept flat, and nesting deeper than ``MAX_DEPTH`
 
 from __future__ import annotations
 
+import difflib
 import re
+import unicodedata
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -67,8 +69,27 @@ class _Fail(Exception):
         self.token = token
 
 
+def _script_character(text: str, token) -> None:
+    """Refuse Unicode sub- and superscripts (``x₁``, ``xᵢ``, ``x²``, ``Aᵀ``): Python reads
+    them as letters or digits, so they would silently become part of a name or an index."""
+    for ch in text:
+        if ch.isascii():
+            continue
+        uname = unicodedata.name(ch, "")
+        if ch == "\u1d40":       # ᵀ MODIFIER LETTER CAPITAL T
+            raise _Fail(f"'{text}': there is no transpose mark; swap the indices instead: "
+                        "Aᵀ_ij is A_ji", token)
+        if "SUBSCRIPT" in uname:
+            raise _Fail(f"'{text}': '{ch}' is a Unicode subscript; write indices as letters "
+                        "after '_', like x_i or A_ij", token)
+        if "SUPERSCRIPT" in uname:
+            raise _Fail(f"'{text}': '{ch}' is a Unicode superscript; write a power with '^', "
+                        "like x_i^2", token)
+
+
 def split_tensor(text: str, token=None) -> tuple[str, tuple[str, ...]]:
     """``"A_ij"`` → ``("A", ("i", "j"))``; ``"W_{out,in}"`` → ``("W", ("out", "in"))``."""
+    _script_character(text, token)
     name, _, spec = text.partition("_")
     if len(name) > MAX_NAME:
         raise _Fail(f"name '{name[:20]}...' is longer than {MAX_NAME} characters", token)
@@ -109,6 +130,61 @@ def _check(node_depth, token):
         raise _Fail(f"the formula nests deeper than {MAX_DEPTH} levels", token)
 
 
+# functions users reach for that are not elementwise, or not spelled einderiv's way
+_NOT_FUNCTIONS = {
+    "tr": "a trace is a repeated index: tr(A) is A_ii, tr(AXB) is A_ij X_jk B_ki",
+    "det": "determinants and inverses are not index formulas, so einderiv has no rule for "
+           "them (by hand: d log det X = tr(X⁻¹ dX))",
+    "softmax": "write it out: exp(z_i) / sum_j(exp(z_j))",
+    "norm": "write it out: sqrt(sum_i(x_i^2))",
+    "mean": "write it out: sum_i(x_i) / size(x,0)",
+    "max": "there is no max or min; relu(x) is max(x, 0)",
+    "sum": "a sum names its indices: sum_j( ... )",
+    "ln": "the natural logarithm is log",
+    "transpose": "there is no transpose; swap the indices instead: Aᵀ_ij is A_ji",
+    "dot": "a product is written A_ij B_jk (the shared index j is summed)",
+}
+_NOT_FUNCTIONS.update({"trace": _NOT_FUNCTIONS["tr"], "logdet": _NOT_FUNCTIONS["det"],
+                       "inv": _NOT_FUNCTIONS["det"], "inverse": _NOT_FUNCTIONS["det"],
+                       "min": _NOT_FUNCTIONS["max"], "matmul": _NOT_FUNCTIONS["dot"],
+                       "T": _NOT_FUNCTIONS["transpose"]})
+
+
+def _unknown_function(name: str) -> str:
+    """The message for ``name(``: what to write instead, or the nearest function's name."""
+    message = f"unknown function '{name}'"
+    hint = _NOT_FUNCTIONS.get(name) or _NOT_FUNCTIONS.get(name.lower())
+    if hint:
+        return f"{message}: {hint}"
+    folded = name.lower()       # Exp, tahn: the case or two letters' order is the typo
+    close = ([f for f in USER_FUNCTIONS if sorted(f) == sorted(folded)]
+             or difflib.get_close_matches(folded, USER_FUNCTIONS, n=1))
+    if close:
+        message += f" (did you mean '{close[0]}'?)"
+    return f"{message}; the functions are: {' '.join(USER_FUNCTIONS)}"
+
+
+# a hint per character that users type for an operator einderiv writes otherwise
+_CHARACTER_HINTS = {
+    **dict.fromkeys("·⋅∙×@⊙∘", "write a product with a space, A_ij B_jk, or with '*'"),
+    "'": "there is no transpose mark; swap the indices instead: Aᵀ_ij is A_ji",
+    "[": "indices follow '_': A_ij, not A[i,j]",
+    "}": "a '}' without its '{'",
+    ",": "statements are separated by ';' or a new line; named indices go in braces, W_{out,in}",
+}
+
+
+def _character_message(text: str, pos: int) -> str:
+    """What to say about the character at ``pos`` that no token starts with."""
+    ch = text[pos] if pos < len(text) else ""
+    what = repr(ch) if ch.isprintable() and not ch.isspace() else f"{ch!r} ({_unicode_name(ch)})"
+    rest = text[pos:].split("\n", 1)[0]
+    if rest.startswith("_{") and "}" not in rest:
+        return "the '{' of this index list is not closed"
+    hint = _CHARACTER_HINTS.get(ch)
+    return f"unexpected character {what}" + (f" ({hint})" if hint else "")
+
+
 class _Build(Transformer):
     """Inline callbacks of the LALR parser: tokens → Node."""
 
@@ -132,6 +208,9 @@ class _Build(Transformer):
             if len(indices) != 2:
                 raise _Fail(f"a Kronecker delta takes two indices, got '{tok}'", tok)
             return Node("delta", indices, (), tok.line, tok.column, 1)
+        if name == "sum":
+            raise _Fail(f"'{tok}' needs parentheses around what it sums: {tok}( ... ) "
+                        "('sum' is a reserved word)", tok)
         if name in RESERVED:
             raise _Fail(f"'{name}' is a reserved word and cannot name a tensor", tok)
         return Node("tensor", (name, indices), (), tok.line, tok.column, 1)
@@ -151,8 +230,7 @@ class _Build(Transformer):
         tok, arg = children
         name = str(tok)[:-1]
         if name not in USER_FUNCTIONS:
-            valid = " ".join(USER_FUNCTIONS)
-            raise _Fail(f"unknown function '{name}'; the functions are: {valid}", tok)
+            raise _Fail(_unknown_function(name), tok)
         d = _depth(arg)
         _check(d, tok)
         return Node("call", name, (arg,), tok.line, tok.column, d)
@@ -257,7 +335,6 @@ def _caret(text: str, line: int, column: int) -> str:
 
 def _unicode_name(ch: str) -> str:
     """``'\xa0'`` → ``U+00A0 NO-BREAK SPACE``."""
-    import unicodedata
     name = unicodedata.name(ch, "") or ("a control character" if unicodedata.category(ch) == "Cc" else "")
     return f"U+{ord(ch):04X} {name}".rstrip()
 
@@ -289,9 +366,8 @@ def parse_text(text: str) -> list[Stmt]:
     except VisitError as err:  # pragma: no cover - inline transformers raise _Fail directly
         raise EinderivError(str(err.orig_exc)) from None
     except UnexpectedCharacters as err:
-        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
-        what = repr(ch) if ch.isprintable() and not ch.isspace() else f"{ch!r} ({_unicode_name(ch)})"
-        raise syntax_error(text, f"unexpected character {what}", err.line, err.column) from None
+        raise syntax_error(text, _character_message(text, err.pos_in_stream), err.line,
+                           err.column) from None
     except UnexpectedToken as err:
         tok = err.token
         if tok.type == "$END":
@@ -305,6 +381,8 @@ def parse_text(text: str) -> list[Stmt]:
                 message += " (one '=' per statement; a statement is  name_indices = expression)"
             elif str(tok) == ")":
                 message += " (unbalanced parentheses?)"
+            elif str(tok) == "*" and text[tok.start_pos - 1:tok.start_pos] == "*":
+                message += " (a power is written with '^', like x_i^2)"
         raise syntax_error(text, message, line, column) from None
     except UnexpectedEOF:
         lines = text.splitlines() or [""]

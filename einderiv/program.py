@@ -230,7 +230,9 @@ class Program:
                                  f"(shape {shape}) but the formula uses it with {ndim} "
                                  f"ind{'ex' if ndim == 1 else 'ices'}")
             out[name] = value
-            dtypes.append(dtype)
+            # a Python number is weak, as in numpy, torch and jax: float32 arrays with G=1.0
+            # stay float32 (its own dtype, float64, would widen them)
+            dtypes.append(0.0 if type(arrays[name]) in (bool, int, float) else dtype)
         if backend == "torch":
             out = _one_torch_device(out, arrays)
         dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)

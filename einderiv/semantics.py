@@ -56,6 +56,21 @@ class _UnionFind:
             self.parent[rb] = ra
 
 
+_GREEK = {"beta", "zeta", "eta", "iota", "mu", "nu", "xi", "pi", "rho", "tau", "phi", "chi", "psi"}
+
+
+def _missing_underscore(rhs, index) -> str:
+    """A hint where a name without indices reads like a tensor whose '_' was forgotten:
+    ``Wij`` for ``W_ij``."""
+    for node in _walk(rhs):
+        if node.kind == "tensor" and not node.value[1]:
+            name = node.value[0]
+            if (1 < len(name) <= 4 and index in name[1:] and name[1:].isalpha()
+                    and name.lower() not in _GREEK):
+                return f" (did you mean {name[0]}_{name[1:]}? indices follow '_')"
+    return ""
+
+
 def _walk(node: Node):
     """Every node of a tree, without recursion."""
     stack = [node]
@@ -148,7 +163,7 @@ def analyze(text: str, sizes=None) -> Analysis:
                 raise IndexSizeError(
                     f"line {st.line}: left-hand index '{index}' of '{st.name}' appears in no term "
                     f"of the right-hand side, so nothing gives its size; use it on the right or "
-                    f"give sizes={{'{index}': n}}")
+                    f"give sizes={{'{index}': n}}{_missing_underscore(st.rhs, index)}")
             uf.union(("I", n, index), ("T", st.name, axis))
             index_names.add(index)
         defined[st.name] = st

@@ -61,8 +61,11 @@ def _variable_dims(name, analysis, depends):
     if depends and name in depends.values():
         return None  # an outside variable: its dimensions come from the Jacobians given
     known = ", ".join(analysis.inputs) or "none"
+    glued = [n for n in analysis.inputs if n.startswith(name) and n[len(name):].isalpha()
+             and len(n) - len(name) <= 4]
+    hint = f" (did you mean {name}_{glued[0][len(name):]}? indices follow '_')" if glued else ""
     raise EinderivError(f"cannot differentiate with respect to '{name}': it is not a tensor of "
-                        f"the program (inputs: {known})")
+                        f"the program (inputs: {known}){hint}")
 
 
 def _statement_map(analysis, of, default=None):

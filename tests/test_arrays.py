@@ -337,6 +337,30 @@ def test_jax_without_64_bit_numbers_refuses_float64_instead_of_narrowing():
         jax.config.update("jax_enable_x64", before)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_a_python_number_does_not_widen_float32(backend):
+    """A Python number is weak, as in numpy, torch and jax: float32 weights with the
+    cotangent G=1.0 and a target t=0.5 gave float64 gradients, and with jax (64-bit off)
+    an InputError about 'float64 inputs' although every array was float32."""
+    jax = pytest.importorskip("jax")
+    before = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", False)
+    try:
+        v = ed.vjp("L = (sum_i(w_i x_i) - t)^2", wrt=["w", "x"])
+        w, x = np.array([0.5, -1.0, 2.0], np.float32), np.array([1.0, 3.0, -0.5], np.float32)
+        convert = {"numpy": np.asarray, "jax": jax.numpy.asarray,
+                   "torch": lambda a: pytest.importorskip("torch").from_numpy(a)}[backend]
+        got = v.evaluate(w=convert(w), x=convert(x), t=0.5, G=1, backend=backend)
+        residual = float(w.astype(np.float64) @ x.astype(np.float64)) - 0.5
+        for name, other in (("w", x), ("x", w)):
+            assert str(got[name].dtype).replace("torch.", "") == "float32"
+            np.testing.assert_allclose(np.asarray(got[name]), 2 * residual * other, rtol=1e-6)
+        strong = v.evaluate(w=w, x=x, t=np.float64(0.5), G=1.0)      # a numpy float64 is not weak
+        assert strong["w"].dtype == np.float64
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
 @pytest.mark.parametrize("src", ["y_i = sum_j(A_ij x_j) + 0.1", "y_i = 1 - x_i", "y_i = x_i + 2 x_i"])
 def test_dask_keeps_float32_with_constant_terms(src):
     da = pytest.importorskip("dask.array")

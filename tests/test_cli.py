@@ -32,6 +32,16 @@ def test_version_and_help():
     assert r.returncode == 0 and "--layout" in r.stdout and "--to" in r.stdout
 
 
+
+def test_vjp_help_describes_its_wrt_list():
+    """vjp's --wrt help said 'a list x_p,x_q for higher order'; for vjp a list gives one
+    result per variable, named without indices."""
+    r = run("vjp", "--help")
+    assert r.returncode == 0 and "higher order" not in r.stdout
+    assert "W,x (one result each)" in " ".join(r.stdout.split())
+    r = run("vjp", "L = w_i x_i", "--wrt", "w,x")
+    assert r.returncode == 0 and r.stdout.splitlines() == ["Gw_p = G x_p", "Gx_p = G w_p"]
+
 def test_diff_text_and_layout():
     r = run("diff", "C_ik = A_ij B_jk", "--wrt", "A_pq")
     assert (r.returncode, r.stdout, r.stderr) == (0, "dC_ik/dA_pq = δ_ip B_qk\n", "")

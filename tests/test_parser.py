@@ -223,3 +223,62 @@ def test_latex_of_one_multi_letter_index_has_no_stray_comma():
     assert ed.parse("y_{out,} = 2 x_{out,}").latex() == r"y_{\mathrm{out}} = 2 x_{\mathrm{out}}"
     d = ed.diff("y_{out,} = W_{out,in} x_{in,}", wrt="W_pq")
     assert d.latex().startswith(r"\frac{\partial y_{\mathrm{out}}}{\partial W_{pq}}")
+
+
+@pytest.mark.parametrize("src, column, hint", [
+    ("y_i = W_ij · x_j", 12, "unexpected character '·' (write a product with a space, A_ij B_jk, or with '*')"),
+    ("y_i = W_ij×x_j", 11, "unexpected character '×' (write a product"),
+    ("C_ik = A_ij @ B_jk", 13, "unexpected character '@' (write a product"),
+    ("L = x' x", 6, "no transpose mark; swap the indices instead: Aᵀ_ij is A_ji"),
+    ("y_i = W[i,j]", 8, "indices follow '_': A_ij, not A[i,j]"),
+    ("y_i = W_{ij x_j", 8, "the '{' of this index list is not closed"),
+    ("y_i = W_ij} x_j", 11, "a '}' without its '{'"),
+    ("L = x_i**2", 9, "unexpected '*' (a power is written with '^', like x_i^2)"),
+    ("L = sum_j W_j x_j", 5, "'sum_j' needs parentheses around what it sums: sum_j( ... )"),
+    ("L = sum(x_i)", 5, "a sum names its indices: sum_j( ... )"),
+])
+def test_a_likely_mistake_says_what_to_write(src, column, hint):
+    """Operators from other notations (·, ×, @, ', **, A[i,j]) and a sum without its
+    parentheses: the message points at the place and says what einderiv writes instead."""
+    with pytest.raises(ed.EinderivSyntaxError) as info:
+        ed.parse(src)
+    assert hint in str(info.value)
+    assert (info.value.line, info.value.column) == (1, column)
+
+
+@pytest.mark.parametrize("src, column, hint", [
+    ("L = x_i²", 5, "'²' is a Unicode superscript; write a power with '^'"),
+    ("y₁ = W_ij x_j", 1, "'₁' is a Unicode subscript; write indices as letters after '_'"),
+    ("y_i = W_ij x₁", 12, "'₁' is a Unicode subscript"),
+    ("y_i = Wᵢⱼ x_j", 7, "'ᵢ' is a Unicode subscript"),
+    ("y_i = x_₁", 7, "'₁' is a Unicode subscript"),
+    ("L = x_i Aᵀ_ij x_j", 9, "there is no transpose mark"),
+])
+def test_unicode_sub_and_superscripts_are_refused(src, column, hint):
+    """Python counts '₁', 'ᵢ', '²' as letters or digits: x_i² read as a tensor with the
+    indices i and ², so 'L = x_i²' by x gave dL/dx_pq = 1, and y₁ was a scalar named y₁."""
+    with pytest.raises(ed.EinderivSyntaxError) as info:
+        ed.parse(src)
+    assert hint in str(info.value)
+    assert (info.value.line, info.value.column) == (1, column)
+
+
+@pytest.mark.parametrize("src, hint", [
+    ("y_i = tahn(x_i)", "unknown function 'tahn' (did you mean 'tanh'?)"),
+    ("y_i = Exp(x_i)", "unknown function 'Exp' (did you mean 'exp'?)"),
+    ("y_i = sigmod(x_i)", "unknown function 'sigmod' (did you mean 'sigmoid'?)"),
+    ("L = tr(A_ij)", "a trace is a repeated index: tr(A) is A_ii, tr(AXB) is A_ij X_jk B_ki"),
+    ("L = log(det(X))", "determinants and inverses are not index formulas"),
+    ("L = logdet(X_ij)", "determinants and inverses are not index formulas"),
+    ("y_i = softmax(z_i)", "exp(z_i) / sum_j(exp(z_j))"),
+    ("y = ln(x)", "the natural logarithm is log"),
+])
+def test_an_unknown_function_suggests_what_to_write(src, hint):
+    with pytest.raises(ed.EinderivSyntaxError) as info:
+        ed.parse(src)
+    assert hint in str(info.value)
+
+
+@pytest.mark.parametrize("src", ["L = α_i β_i", "y_i = μ_i σ_i", "L = x1_i x2_i"])
+def test_greek_letters_and_digits_still_name_tensors(src):
+    assert ed.parse(src).statements

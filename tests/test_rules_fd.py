@@ -1318,6 +1318,20 @@ def test_exported_code_follows_evaluates_dtype_rule(target, src, kind):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("case", SOURCE_CASES, ids=[c[0] for c in SOURCE_CASES])
+def test_exported_torch_code_computes_on_the_device_of_its_tensors(case):
+    """The zeros the torch export adds terms into were made on the default device (CPU),
+    whatever the inputs' device: a GPU model got 'tensors on different devices', and on the
+    'meta' device (a CPU stand-in for another device) the result came back on the CPU.
+    A numpy input goes to the tensors' device, as evaluate(backend='torch') does."""
+    torch = pytest.importorskip("torch")
+    d, arrays, _ = _source_case(case)
+    fn = _compiled(d.to_source("torch"))
+    given = [torch.from_numpy(arrays[k]).to("meta") for k in d.inputs]
+    given[-1] = arrays[d.inputs[-1]]           # one input as a numpy array
+    assert fn(*given).device.type == "meta"
+
+
 @pytest.mark.parametrize("kinds", [
     ("int32", "float32"), ("float16", "float32"), ("int64", "int64"), ("int16", "float16"),
     ("int8", "float16"), ("bool", "float16"), ("uint8", "int8"), ("float16", "float16"),

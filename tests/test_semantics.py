@@ -164,3 +164,14 @@ def test_large_and_tiny_constants_within_float64(src, value):
     prog = ed.parse(src)
     assert float(prog.evaluate(x=np.array(1.0))) == value
     assert ed.parse(str(prog)) == prog
+
+
+def test_a_forgotten_underscore_is_suggested():
+    """'y_i = Wij xj' reads Wij and xj as scalars; the message names the likely tensor."""
+    with pytest.raises(ed.IndexSizeError, match=r"did you mean W_ij\? indices follow '_'"):
+        ed.parse("y_i = Wij xj")
+    with pytest.raises(ed.EinderivError, match=r"inputs: xi, Aij, xj\) \(did you mean x_i\?"):
+        ed.diff("L = xi Aij xj", wrt="x")
+    with pytest.raises(ed.IndexSizeError) as info:
+        ed.parse("y_a = alpha")             # a word, not a glued index list
+    assert "did you mean" not in str(info.value)

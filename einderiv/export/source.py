@@ -21,7 +21,7 @@ from ..kernels import GRAM_HELPER, contraction_source, gram_source, smallest_ope
 
 __all__ = ["generate"]
 
-_MODULES = {"np", "oe", "torch", "jax", "jnp", "math", "dtype", "out", "view", "_v", "_WIDE"}
+_MODULES = {"np", "oe", "torch", "jax", "jnp", "math", "dtype", "device", "out", "view", "_v", "_WIDE"}
 
 _HEADER = {
     "numpy": "import numpy as np\nimport opt_einsum as oe\n",
@@ -104,7 +104,7 @@ def _shape_expr(dim, names, input_dims, program):
 # per target: an input as the library's array, the input as numpy.result_type reads it
 # (torch's dtype by its numpy name: torch.float32 -> 'float32'), and the cast to `dtype`
 _AS_ARRAY = {"numpy": "{n} = np.asarray({n})",
-             "torch": "{n} = {n} if torch.is_tensor({n}) else torch.as_tensor(np.asarray({n}))",
+             "torch": "{n} = {n} if torch.is_tensor({n}) else torch.as_tensor(np.asarray({n}), device=device)",
              "jax": "{n} = jnp.asarray({n})"}
 _TYPE_OF = {"numpy": "{n}", "torch": "str({n}.dtype).removeprefix('torch.')", "jax": "{n}"}
 _IS_BFLOAT16 = {"numpy": "{n}.dtype.kind == 'V'", "torch": "{n}.dtype is torch.bfloat16",
@@ -128,6 +128,9 @@ def _input_prologue(inputs, target):
         lines += [f"if ({wide}) and not jax.config.read('jax_enable_x64'):",
                   "    raise TypeError('64-bit inputs while jax has 64-bit numbers off: call "
                   "jax.config.update(\"jax_enable_x64\", True) first')"]
+    if target == "torch":
+        # the device of the tensors given: arrays converted and the zeros made go there too
+        lines.append(f"device = next((v.device for v in ({', '.join(inputs)},) if torch.is_tensor(v)), None)")
     lines += [_AS_ARRAY[target].format(n=n) for n in inputs]
     # one attribute test per input (str(dtype) would cost about 3 µs each, every call)
     lines += [f"if {' or '.join(_IS_BFLOAT16[target].format(n=n) for n in inputs)}:",
@@ -279,7 +282,7 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
     order = step.order
     shape = "(" + ", ".join(_shape_expr(d, names, plan.input_dims, program) for d in step.dims) + ("," if len(step.dims) == 1 else "") + ")"
     zeros = {"numpy": f"np.zeros({shape}, dtype=dtype)",
-             "torch": f"torch.zeros({shape}, dtype=dtype)",
+             "torch": f"torch.zeros({shape}, dtype=dtype, device=device)",
              "jax": f"jnp.zeros({shape}, dtype=dtype)"}[target]
     pieces = []
     for term in step.terms:
@@ -350,7 +353,7 @@ def _expr_lines(step: ExprStep, tgt, names, plan, program, target, dim_size, lin
         return
     if "dtype = " not in "\n".join(lines):
         # no inputs (the input prologue defines dtype otherwise): a program of constants
-        lines.insert(0, {"numpy": "dtype = np.result_type(1.0)", "torch": "dtype = torch.float64",
+        lines.insert(0, {"numpy": "dtype = np.result_type(1.0)", "torch": "dtype, device = torch.float64, None",
                          "jax": "dtype = jnp.result_type(1.0)"}[target])
     if (target == "numpy" and len(pieces) == 2 and all(p.groups is None and p.full for p in pieces)
             and pieces[0].sign > 0):
