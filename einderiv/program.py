@@ -173,8 +173,8 @@ class Program:
         else:
             arrays, _ = self._prepare(arrays, backend)
         env = compiled(arrays)          # our own dict (keyword arguments): temporaries go in
-        if compiled.single is not None:
-            return env[compiled.single]
+        if compiled.single is not None and self._result_keys is None:
+            return env[compiled.single]     # (a vjp with a wrt list gives a dict, one name too)
         return {self._result_keys.get(name, name) if self._result_keys else name: env[ref]
                 for name, (ref, _) in compiled.outputs.items()}
 

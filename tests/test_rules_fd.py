@@ -807,6 +807,23 @@ def test_vjp_list():
         assert_close(out[name], ref, what=f"vjp list, {name}")
 
 
+def test_vjp_list_of_one_name_gives_a_dict_too():
+    # wrt=["W1"] returned the bare array, while the README promises a dict for a list
+    shapes = {"W1": (I, J), "b1": (I,), "W2": (K, I), "b2": (K,), "x": (J,), "t": (K,)}
+    arrays = random_inputs(shapes, seed=48)
+    out = evaluate(ed.vjp(MLP2_SRC, ["W1"]), dict(arrays, G=np.array(1.0)))
+    assert isinstance(out, dict) and set(out) == {"W1"}, out
+    assert_close(out["W1"], fd_jacobian(mlp2_ref, arrays, "W1"), what="vjp [W1]")
+    single = evaluate(ed.vjp(MLP2_SRC, "W1"), dict(arrays, G=np.array(1.0)))
+    assert isinstance(single, np.ndarray)
+    ns = {}
+    exec(ed.vjp(MLP2_SRC, ["W1"]).to_source("numpy"), ns)      # the exported code agrees
+    names = ed.vjp(MLP2_SRC, ["W1"]).inputs
+    exported = ns["derivative"](*[dict(arrays, G=np.array(1.0))[n] for n in names])
+    assert set(exported) == {"W1"}
+    assert_close(exported["W1"], out["W1"], rtol=1e-12, what="exported vjp [W1]")
+
+
 def test_vjp_list_vector_output():
     shapes = {"W": (I, J), "x": (J,), "b": (I,)}
     arrays = random_inputs(shapes, seed=47)

@@ -190,7 +190,7 @@ def generate(program, target: str, name: str, shapes=None) -> str:
         elif isinstance(step, ExprStep):
             _expr_lines(step, tgt, names, plan, program, target, dim_size, lines, helpers)
     outs = list(plan.outputs.items())
-    if len(outs) == 1:
+    if len(outs) == 1 and program._result_keys is None:
         lines.append(f"return {names[outs[0][1][0]]}")
     else:
         keys = program._result_keys or {}
