@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"einderiv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def common(p, wrt=_WRT_HELP, layout=True, to=True, depends=True):
+    def common(p, wrt=_WRT_HELP, layout=True, to=True, depends=True,
+               sizes="sizes of indices no array carries"):
         p.add_argument("formula", help='the formula or program, a file with it, or "-" for stdin')
         if wrt:
             p.add_argument("--wrt", action="append", metavar="VAR", help=wrt)
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--layout", help="numerator (default), denominator, or an index order like pqik")
         if depends:
             p.add_argument("--depends", metavar="A:X,B:X", help="A and B are unknown functions of X")
-        p.add_argument("--sizes", metavar="i=3,j=4", help="sizes of indices no array carries")
+        p.add_argument("--sizes", metavar="i=3,j=4", help=sizes)
         if to:
             p.add_argument("--to", choices=TARGETS, default="text", help="output form (default: text)")
 
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="compare the derivative with central finite differences",
                        formatter_class=fmt,
                        epilog='example: einderiv check "L = x_i A_ij x_j" --wrt x --sizes i=3,j=3')
-    common(p, to=False, depends=False)
+    common(p, to=False, depends=False,
+           sizes="sizes of the random inputs' indices (default: distinct small sizes 3, 4, 2, 5, ...)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the inputs (default 0)")
     p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")

@@ -294,3 +294,12 @@ def test_einsum_listing_defines_every_temporary():
     assert r.stdout == "∂C_ikpq += einsum('ab->ba', B)  # axes k q; on the diagonal i=p\n"
     r = run("diff", "y = 3 + x", "--wrt", "x", "--to", "einsum")
     assert r.stdout == "∂y += 1\n"
+
+
+def test_python_dash_m_einderiv_is_the_command_line():
+    run = subprocess.run([sys.executable, "-m", "einderiv", "diff", "C_ik = A_ij B_jk", "--wrt", "A_pq"],
+                         capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert (run.returncode, run.stdout.strip()) == (0, "dC_ik/dA_pq = δ_ip B_qk"), run.stderr
+    bad = subprocess.run([sys.executable, "-m", "einderiv", "diff", "C_ik = A_ij +", "--wrt", "A"],
+                         capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "^" in bad.stderr
