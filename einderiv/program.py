@@ -297,6 +297,9 @@ def _einsum_term(step, term, members):
                       indices, tuple(order), tuple(term.deltas), sizes)
 
 
+_LIBRARY_BACKENDS = {"torch": "torch", "jax": "jax", "jaxlib": "jax", "dask": "dask"}
+
+
 def _numpy_input(name, value):
     """``value`` as a numpy array of a real number type, else InputError."""
     if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
@@ -305,7 +308,9 @@ def _numpy_input(name, value):
     try:
         value = np.asarray(value)
     except Exception as err:  # noqa: BLE001 - any conversion failure is a user error
-        raise InputError(f"input '{name}' is not an array: {err}") from None
+        backend = _LIBRARY_BACKENDS.get(type(value).__module__.partition(".")[0])
+        hint = f" (backend='{backend}' evaluates such arrays as they are)" if backend else ""
+        raise InputError(f"input '{name}' is not an array: {err}{hint}") from None
     _check_dtype(name, value.dtype)
     return value
 

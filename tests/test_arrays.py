@@ -397,3 +397,13 @@ def test_a_jax_array_on_the_torch_backend_gives_no_warning():
         got = ed.parse("C_ik = A_ij B_jk").evaluate(A=a, B=b, backend="torch")
     assert isinstance(got, torch.Tensor)
     np.testing.assert_allclose(got.numpy(), np.asarray(a) @ b)
+
+
+def test_a_tensor_that_requires_grad_on_the_numpy_backend_names_the_torch_backend():
+    torch = pytest.importorskip("torch")
+    W, x = torch.ones(2, 3, requires_grad=True), torch.ones(3)
+    p = ed.parse("y_i = W_ij x_j")
+    with pytest.raises(ed.InputError, match=r"input 'W' is not an array.*backend='torch'"):
+        p.evaluate(W=W, x=x)
+    got = p.evaluate(W=W, x=x, backend="torch")
+    assert got.requires_grad and got.tolist() == [3.0, 3.0]
