@@ -526,6 +526,32 @@ def test_torch_inputs_on_one_device_take_the_converted_ones_along():
         d.evaluate(a=torch.ones((), device="meta"), x=torch.ones(3), backend="torch")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_terms_added_into_zeros_through_views_match_numpy(dtype):
+    """Statements with no term that can start the output (δ terms, broadcast terms) are
+    summed into zeros through diagonal views, with coefficients 1, -1 and others, and
+    identity and transposed operands; plain numpy gives the reference."""
+    rng = np.random.default_rng(3)
+    A, B, D = (rng.standard_normal(s).astype(dtype) for s in ((3, 4), (4, 4), (4, 4)))
+    c, x, z = (rng.standard_normal(n).astype(dtype) for n in (4, 3, 5))
+    d = ed.diff("C_ik = A_ij B_jk + A_ik c_k - 2 A_ij D_jk", wrt="A_pq")
+    want = np.zeros((3, 4, 3, 4), dtype)
+    for i in range(3):
+        want[i, :, i, :] += (B - 2 * D).T
+        for k in range(4):
+            want[i, k, i, k] += c[k]
+    for _ in range(2):                                    # the compiled plan, then its reuse
+        got = d.evaluate(A=A, B=B, D=D, c=c)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    for formula, want in (("y_ij = x_i - z_j", x[:, None] - z[None, :]),
+                          ("y_ij = x_i - 2 z_j", x[:, None] - 2 * z[None, :]),
+                          ("y_ij = 3 x_i + z_j", 3 * x[:, None] + z[None, :])):
+        got = ed.parse(formula).evaluate(x=x, z=z)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_torch_dtypes_and_devices_are_checked_on_every_call():
     """The torch dtype → numpy dtype lookup is remembered per dtype and the device check runs
     in one pass: a float32 call before does not let a complex, bfloat16 or int8-with-float16
