@@ -781,20 +781,17 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
             and not (terms[0].full and terms[0].fn in writes_out)):
         # einsums added into zeros through their δ views or broadcast (y_ikpq = δ_ip B_qk):
         # the general loop below without its per-call branching
+        # view (+|-)= value, or view += coeff · value (scale None: ±1 is the ufunc)
         adds = [(writers[tuple(p.deltas)] if p.deltas else None, p.call,
-                 None if p.full else p.expand, p.coeff) for p in terms]
+                 None if p.full else p.expand, np.subtract if p.coeff == -1.0 else np.add,
+                 None if p.coeff in (1.0, -1.0) else p.coeff) for p in terms]
 
         def run(env):
             out = np.zeros(out_shape, dtype=dtype)
-            for view_of, call, expand, coeff in adds:
+            for view_of, call, expand, op, scale in adds:
                 view = out if view_of is None else view_of(out)
                 value = call(env) if expand is None else call(env)[expand]
-                if coeff == 1.0:
-                    view += value
-                elif coeff == -1.0:
-                    view -= value
-                else:
-                    view += coeff * value
+                op(view, value if scale is None else scale * value, out=view)
             env[target] = out
         return run
 
