@@ -716,6 +716,10 @@ def _bind(fn, refs, scale=None):
         fn = _scaled(fn, *scale)
     if len(refs) == 1:
         r0, = refs
+        perm = getattr(fn, "perm", None)
+        if perm is not None:             # numpy's transpose, called on the operand directly
+            return (operator.itemgetter(r0) if perm == tuple(range(len(perm)))
+                    else lambda env: env[r0].transpose(perm))
         return lambda env: fn(env[r0])
     if len(refs) == 2:
         r0, r1 = refs
@@ -770,6 +774,24 @@ def _numpy_sum_runner(target, plans, order, out_shape, dtype):
                     out += value
                 else:
                     out -= value
+            env[target] = out
+        return run
+
+    if (terms and not starts and not const and all(p.fn is not None for p in terms)
+            and not (terms[0].full and terms[0].fn in writes_out)):
+        # einsums added into zeros through their δ views or broadcast (y_ikpq = δ_ip B_qk):
+        # the general loop below without its per-call branching
+        # view (+|-)= value, or view += coeff · value (scale None: ±1 is the ufunc)
+        adds = [(writers[tuple(p.deltas)] if p.deltas else None, p.call,
+                 None if p.full else p.expand, np.subtract if p.coeff == -1.0 else np.add,
+                 None if p.coeff in (1.0, -1.0) else p.coeff) for p in terms]
+
+        def run(env):
+            out = np.zeros(out_shape, dtype=dtype)
+            for view_of, call, expand, op, scale in adds:
+                view = out if view_of is None else view_of(out)
+                value = call(env) if expand is None else call(env)[expand]
+                op(view, value if scale is None else scale * value, out=view)
             env[target] = out
         return run
 
@@ -962,13 +984,16 @@ def _contraction(subs, op_shapes, operands, kept, backend, check_bytes):
     if len(parts) == 1 and len(set(parts[0])) == len(parts[0]) and sorted(parts[0]) == sorted(out):
         perm = tuple(parts[0].index(c) for c in out)
         if perm == tuple(range(len(perm))):
-            return lambda a: a
-        if backend == "torch":
+            fn = lambda a: a                # noqa: E731
+        elif backend == "torch":
             return lambda a: a.permute(*perm)
-        if backend == "jax":
+        elif backend == "jax":
             import jax.numpy as jnp
             return lambda a: jnp.transpose(a, perm)
-        return lambda a: a.transpose(perm)
+        else:
+            fn = lambda a: a.transpose(perm)   # noqa: E731
+        fn.perm = perm     # _bind calls the transpose without this wrapper
+        return fn
     path, info = oe.contract_path(subs, *op_shapes, shapes=True, optimize="auto")
     if info.largest_intermediate:
         check_bytes("an einsum intermediate", (info.largest_intermediate,))

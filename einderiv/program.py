@@ -333,34 +333,57 @@ def _refuse_bfloat16(name, value):
     else:
         bad = str(dtype) == "torch.bfloat16"
     if bad:
-        raise InputError(f"input '{name}' is bfloat16, which einderiv does not compute with "
-                         f"(numpy, whose dtype rules every backend follows, has no bfloat16); "
-                         f"convert it first: {name}.float() for a torch tensor, "
-                         f"{name}.astype('float32') for a jax or numpy array")
+        raise _bfloat16_error(name)
+
+
+def _bfloat16_error(name):
+    return InputError(f"input '{name}' is bfloat16, which einderiv does not compute with "
+                      f"(numpy, whose dtype rules every backend follows, has no bfloat16); "
+                      f"convert it first: {name}.float() for a torch tensor, "
+                      f"{name}.astype('float32') for a jax or numpy array")
+
+
+_TORCH_DTYPES = {}   # torch dtype -> its numpy dtype, for the dtypes einderiv computes with
+
+
+def _torch_dtype(name, tdtype):
+    """numpy's dtype of a torch dtype (torch.float32 -> float32), by name; a dtype that
+    passed is remembered (the lookup by name cost about 0.8 µs per input, every call)."""
+    dtype = _TORCH_DTYPES.get(tdtype)
+    if dtype is not None:
+        return dtype
+    tname = str(tdtype).replace("torch.", "")
+    if tname == "bfloat16":
+        raise _bfloat16_error(name)
+    try:
+        dtype = np.dtype(tname)
+    except TypeError:
+        raise InputError(f"input '{name}' has dtype {tdtype}, which einderiv does not "
+                         "evaluate (float16, float32 and float64 it does)") from None
+    _check_dtype(name, dtype)
+    _TORCH_DTYPES[tdtype] = dtype
+    return dtype
 
 
 def _as_backend_array(name, value, backend):
     """(the backend's array, its numpy dtype): lists and arrays of other libraries are
     converted, so the result is the backend's array; complex and non-numeric inputs refused."""
-    _refuse_bfloat16(name, value)
-    if backend == "numpy":
-        value = _numpy_input(name, value)
-        return value, value.dtype
     if backend == "torch":
         import torch
         if not isinstance(value, torch.Tensor):
+            _refuse_bfloat16(name, value)
             value = _numpy_input(name, value)
             if not value.flags.writeable:
                 # a read-only buffer (a jax array's) would make torch warn on every call;
                 # einderiv never writes into inputs, but torch cannot know that
                 value = value.copy()
             value = torch.as_tensor(value)
-        try:
-            dtype = np.dtype(str(value.dtype).replace("torch.", ""))
-        except TypeError:
-            raise InputError(f"input '{name}' has dtype {value.dtype}, which einderiv does not "
-                             "evaluate (float16, float32 and float64 it does)") from None
-    elif backend == "jax":
+        return value, _torch_dtype(name, value.dtype)
+    _refuse_bfloat16(name, value)
+    if backend == "numpy":
+        value = _numpy_input(name, value)
+        return value, value.dtype
+    if backend == "jax":
         import jax
         import jax.numpy as jnp
         if not isinstance(value, jax.Array):
@@ -384,20 +407,21 @@ def _as_backend_array(name, value, backend):
 def _one_torch_device(out: dict, given: dict) -> dict:
     """The torch inputs on one device, and the arrays converted from numpy or lists moved
     there; tensors given on different devices are an InputError naming them."""
-    devices = {n: v.device for n, v in out.items() if _is_torch(given[n])}
-    if len(set(devices.values())) > 1:
-        listed = ", ".join(f"'{n}' on {d}" for n, d in devices.items())
-        raise InputError(f"the torch inputs are on different devices ({listed}); "
-                         f"move them to one device")
-    if not devices:
-        return out
-    device = next(iter(devices.values()))
-    return {n: v if n in devices else v.to(device) for n, v in out.items()}
-
-
-def _is_torch(value) -> bool:
     import torch
-    return isinstance(value, torch.Tensor)
+    device = converted = None
+    for name, value in out.items():
+        if not isinstance(given[name], torch.Tensor):
+            converted = True
+        elif device is None:
+            device = value.device
+        elif value.device != device:
+            listed = ", ".join(f"'{n}' on {v.device}" for n, v in out.items()
+                               if isinstance(given[n], torch.Tensor))
+            raise InputError(f"the torch inputs are on different devices ({listed}); "
+                             f"move them to one device")
+    if device is None or not converted:
+        return out
+    return {n: v if isinstance(given[n], torch.Tensor) else v.to(device) for n, v in out.items()}
 
 
 def _jax_x64():

@@ -526,6 +526,60 @@ def test_torch_inputs_on_one_device_take_the_converted_ones_along():
         d.evaluate(a=torch.ones((), device="meta"), x=torch.ones(3), backend="torch")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_terms_added_into_zeros_through_views_match_numpy(dtype):
+    """Statements with no term that can start the output (δ terms, broadcast terms) are
+    summed into zeros through diagonal views, with coefficients 1, -1 and others, and
+    identity and transposed operands; plain numpy gives the reference."""
+    rng = np.random.default_rng(3)
+    A, B, D = (rng.standard_normal(s).astype(dtype) for s in ((3, 4), (4, 4), (4, 4)))
+    c, x, z = (rng.standard_normal(n).astype(dtype) for n in (4, 3, 5))
+    d = ed.diff("C_ik = A_ij B_jk + A_ik c_k - 2 A_ij D_jk", wrt="A_pq")
+    want = np.zeros((3, 4, 3, 4), dtype)
+    for i in range(3):
+        want[i, :, i, :] += (B - 2 * D).T
+        for k in range(4):
+            want[i, k, i, k] += c[k]
+    for _ in range(2):                                    # the compiled plan, then its reuse
+        got = d.evaluate(A=A, B=B, D=D, c=c)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    for formula, want in (("y_ij = x_i - z_j", x[:, None] - z[None, :]),
+                          ("y_ij = x_i - 2 z_j", x[:, None] - 2 * z[None, :]),
+                          ("y_ij = 3 x_i + z_j", 3 * x[:, None] + z[None, :])):
+        got = ed.parse(formula).evaluate(x=x, z=z)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_torch_dtypes_and_devices_are_checked_on_every_call():
+    """The torch dtype → numpy dtype lookup is remembered per dtype and the device check runs
+    in one pass: a float32 call before does not let a complex, bfloat16 or int8-with-float16
+    call through, and a tensor on a second device is refused wherever it stands."""
+    torch = pytest.importorskip("torch")
+    d = ed.diff("L = a x_i x_i", wrt="x")
+    x = np.array([1.0, -2.0, 3.0])
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        got = d.evaluate(a=torch.tensor(2.0, dtype=dtype), x=torch.tensor(x, dtype=dtype),
+                         backend="torch")
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got.float().numpy(), 4.0 * x, rtol=1e-3)
+    with pytest.raises(ed.InputError, match="input 'x' is complex"):
+        d.evaluate(a=torch.tensor(2.0), x=torch.ones(3, dtype=torch.complex64), backend="torch")
+    with pytest.raises(ed.InputError, match="input 'a' is bfloat16"):
+        d.evaluate(a=torch.tensor(2.0, dtype=torch.bfloat16), x=torch.ones(3), backend="torch")
+    got = d.evaluate(a=torch.tensor(2, dtype=torch.int8), x=torch.ones(3, dtype=torch.float16),
+                     backend="torch")
+    assert got.dtype == torch.float16      # numpy's rule: result_type(int8, float16)
+    d3 = ed.diff("L = a b x_i x_i", wrt="x")
+    with pytest.raises(ed.InputError, match="'a' on cpu.*'x' on meta"):
+        d3.evaluate(a=torch.tensor(2.0), b=np.array(1.0), x=torch.ones(3, device="meta"),
+                    backend="torch")
+    got = d3.evaluate(a=np.array(2.0), b=np.array(3.0), x=torch.ones(3, device="meta"),
+                      backend="torch")
+    assert got.device.type == "meta"
+
+
 def test_dask_array_of_unknown_shape_is_an_input_error():
     da = pytest.importorskip("dask.array")
     x = da.ones(6)
