@@ -132,6 +132,7 @@ class _Lowering:
         self.plan = Plan()
         self.cache = {}       # canonical node -> temp name (axes: canonical order)
         self.count = 0
+        self.statement = None   # the statement being lowered (named by error messages)
 
     def temp(self):
         self.count += 1
@@ -221,7 +222,8 @@ class _Lowering:
                     operands.append(self.operand(f, _restricted(want, factor_indices_of(f))))
             if len({i for _, idx in operands for i in idx}) > len(_LETTERS):
                 keep = set(e.indices) | {i for pair in deltas for i in pair}
-                operands = self.narrow(operands, keep, {**term_dims(t.factors), **dims}, target)
+                operands = self.narrow(operands, keep, {**term_dims(t.factors), **dims},
+                                       self.statement)
             terms.append(EinsumTerm(float(t.coeff), tuple(sizes), operands, deltas))
         if order is None:
             order = _layout(e.indices, prefer, [idx for term in terms for _, idx in term.operands])
@@ -312,6 +314,7 @@ def lower(statements, outputs, inputs: dict) -> Plan:
     lw.plan.inputs = tuple(inputs)
     lw.plan.input_dims = dict(inputs)
     for st in statements:
+        lw.statement = st.name
         lw.expr_value(st.expr, order=st.indices, target=st.name)
         lw.register(st.name, st.indices, st.expr)
         if st.name in outputs:

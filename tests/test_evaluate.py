@@ -639,6 +639,16 @@ def test_53_separate_sums_in_one_term_are_summed_apart_and_53_free_axes_are_refu
         outer.evaluate(**{k: v[:1] for k, v in vs.items()})
 
 
+def test_a_too_wide_term_inside_a_function_names_its_statement():
+    # tanh of a product over 53 free indices of the argument: refused, and the message says
+    # which statement holds the term (it named none when the term was nested)
+    names = [f"a{k}" for k in range(53)]
+    factors = " ".join(f"v{k}_{{{names[k]},}}" for k in range(53))
+    vs = {f"v{k}": np.ones(1) for k in range(53)}
+    with pytest.raises(ed.EinderivError, match="term of L keeps 53 distinct indices"):
+        ed.parse(f"L = tanh({factors})").evaluate(**vs)
+
+
 def test_gradient_through_a_60_layer_chain_matches_backpropagation():
     # its one term reads all 60 weight matrices: 61 summed and free indices
     n, m = 60, 3
