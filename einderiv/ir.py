@@ -260,10 +260,20 @@ def rename_expr(expr: Expr, mapping: dict) -> Expr:
     key = (expr, tuple(mapping.items()))
     hit = _RENAMED.get(key)
     if hit is None:
-        if len(_RENAMED) > 100000:
-            _RENAMED.clear()
-        hit = _RENAMED[key] = _renamed(expr, mapping)
+        hit = remember(_RENAMED, key, _renamed(expr, mapping))
     return hit
+
+
+MEMO_SIZE = 20000   # entries per memo: the largest derivatives measured need under 14,000
+
+
+def remember(memo: dict, key, value):
+    """Store ``value`` under ``key`` and return it. A full memo is emptied first, so that a
+    long-running process that differentiates many programs stays small."""
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 # an expression nested in n factors (cos(sin(sin(x_i))) in the derivative of sin^n) is renamed

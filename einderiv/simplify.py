@@ -14,7 +14,7 @@ from fractions import Fraction
 from .errors import EinderivError
 from .ir import (
     Delta, Expr, Func, Power, Size, Tensor, Term, factor_dims, factor_indices, fresh_index,
-    rename_factor, rename_term, term_dims, term_indices,
+    remember, rename_factor, rename_term, term_dims, term_indices,
 )
 
 __all__ = [
@@ -100,9 +100,7 @@ def factor_key(factor, mask=frozenset()):
     cache_key = (factor, mask)
     key = _KEYS.get(cache_key)
     if key is None:
-        if len(_KEYS) > 200000:
-            _KEYS.clear()
-        key = _KEYS[cache_key] = _factor_key(factor, mask)
+        key = remember(_KEYS, cache_key, _factor_key(factor, mask))
     return key
 
 
@@ -200,9 +198,7 @@ def _rebuild(e: Expr) -> Expr:
     (memoized: the same nested expression is often shared by many factors)."""
     hit = _REBUILT.get(e)
     if hit is None:
-        if len(_REBUILT) > 100000:
-            _REBUILT.clear()
-        hit = _REBUILT[e] = _rebuild_all(e)
+        hit = remember(_REBUILT, e, _rebuild_all(e))
     return hit
 
 
@@ -380,9 +376,7 @@ def _has_fresh(e: Expr) -> bool:
     """Whether a nested expression holds a summed index moved aside by a rename."""
     hit = _FRESH.get(e)
     if hit is None:
-        if len(_FRESH) > 100000:
-            _FRESH.clear()
-        hit = _FRESH[e] = _scan_fresh(e)
+        hit = remember(_FRESH, e, _scan_fresh(e))
     return hit
 
 
@@ -465,9 +459,7 @@ def _normalized(coeff, factors: tuple, free: frozenset):
     key = (factors, free)
     hit = _NORMAL.get(key)
     if hit is None:
-        if len(_NORMAL) > 100000:
-            _NORMAL.clear()
-        hit = _NORMAL[key] = _normalize_factors(list(factors), free)
+        hit = remember(_NORMAL, key, _normalize_factors(list(factors), free))
     if hit is False:
         return None
     multiplier, canonical = hit
