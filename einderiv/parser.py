@@ -63,28 +63,29 @@ _LETTERS = re.compile(r"[^\W\d_]+\Z")
 class _Fail(Exception):
     """A semantic error found while building the tree; carries the token for the caret."""
 
-    def __init__(self, message, token):
+    def __init__(self, message, token, offset=0):
         super().__init__(message)
         self.message = message
         self.token = token
+        self.offset = offset        # characters from the token's start to the culprit
 
 
 def _script_character(text: str, token) -> None:
     """Refuse Unicode sub- and superscripts (``x₁``, ``xᵢ``, ``x²``, ``Aᵀ``): Python reads
     them as letters or digits, so they would silently become part of a name or an index."""
-    for ch in text:
+    for at, ch in enumerate(text):
         if ch.isascii():
             continue
         uname = unicodedata.name(ch, "")
         if ch == "\u1d40":       # ᵀ MODIFIER LETTER CAPITAL T
             raise _Fail(f"'{text}': there is no transpose mark; swap the indices instead: "
-                        "Aᵀ_ij is A_ji", token)
+                        "Aᵀ_ij is A_ji", token, at)
         if "SUBSCRIPT" in uname:
             raise _Fail(f"'{text}': '{ch}' is a Unicode subscript; write indices as letters "
-                        "after '_', like x_i or A_ij", token)
+                        "after '_', like x_i or A_ij", token, at)
         if "SUPERSCRIPT" in uname:
             raise _Fail(f"'{text}': '{ch}' is a Unicode superscript; write a power with '^', "
-                        "like x_i^2", token)
+                        "like x_i^2", token, at)
 
 
 def split_tensor(text: str, token=None) -> tuple[str, tuple[str, ...]]:
@@ -361,7 +362,7 @@ def parse_text(text: str) -> list[Stmt]:
     except _Fail as fail:
         tok = fail.token
         line = getattr(tok, "line", 1) or 1
-        column = getattr(tok, "column", 1) or 1
+        column = (getattr(tok, "column", 1) or 1) + fail.offset
         raise syntax_error(text, fail.message, line, column) from None
     except VisitError as err:  # pragma: no cover - inline transformers raise _Fail directly
         raise EinderivError(str(err.orig_exc)) from None

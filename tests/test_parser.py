@@ -247,12 +247,13 @@ def test_a_likely_mistake_says_what_to_write(src, column, hint):
 
 
 @pytest.mark.parametrize("src, column, hint", [
-    ("L = x_i²", 5, "'²' is a Unicode superscript; write a power with '^'"),
-    ("y₁ = W_ij x_j", 1, "'₁' is a Unicode subscript; write indices as letters after '_'"),
-    ("y_i = W_ij x₁", 12, "'₁' is a Unicode subscript"),
-    ("y_i = Wᵢⱼ x_j", 7, "'ᵢ' is a Unicode subscript"),
-    ("y_i = x_₁", 7, "'₁' is a Unicode subscript"),
-    ("L = x_i Aᵀ_ij x_j", 9, "there is no transpose mark"),
+    # the caret stands under the sub- or superscript itself
+    ("L = x_i²", 8, "'²' is a Unicode superscript; write a power with '^'"),
+    ("y₁ = W_ij x_j", 2, "'₁' is a Unicode subscript; write indices as letters after '_'"),
+    ("y_i = W_ij x₁", 13, "'₁' is a Unicode subscript"),
+    ("y_i = Wᵢⱼ x_j", 8, "'ᵢ' is a Unicode subscript"),
+    ("y_i = x_₁", 9, "'₁' is a Unicode subscript"),
+    ("L = x_i Aᵀ_ij x_j", 10, "there is no transpose mark"),
 ])
 def test_unicode_sub_and_superscripts_are_refused(src, column, hint):
     """Python counts '₁', 'ᵢ', '²' as letters or digits: x_i² read as a tensor with the
