@@ -250,8 +250,8 @@ def cmd_check(args):
     wrt = _wrt(args)
     layout = _layout(args.layout)
     program = ed.parse(src, sizes=sizes)
-    for entry in wrt:
-        name = split_tensor(entry)[0] if "_" in entry else entry
+    names = [split_tensor(entry)[0] for entry in wrt]
+    for name in names:
         if name not in program.inputs:
             raise UserError(f"check differentiates with respect to inputs only; '{name}' is not "
                             f"an input (inputs: {', '.join(program.inputs)})")
@@ -266,7 +266,7 @@ def cmd_check(args):
         empty = ", ".join(f"{n}{list(s)}" for n, s in shapes.items() if 0 in s)
         raise UserError(f"--sizes gives empty inputs ({empty}): there is nothing to compare")
     _check_input_bytes(shapes)
-    _check_fd_work(wrt, shapes)
+    _check_fd_work(names[-1], shapes)
     rng = np.random.default_rng(args.seed)
     arrays = {n: rng.uniform(low, high, size=s) for n, s in shapes.items()}
     with np.errstate(all="ignore"):     # a NaN is reported below, with a hint
@@ -286,11 +286,9 @@ def _check_input_bytes(shapes):
 MAX_FD_ENTRIES = 20_000   # 2·N evaluations of the formula for N perturbed entries
 
 
-def _check_fd_work(wrt, shapes):
+def _check_fd_work(var, shapes):
     """Refuse --sizes under which central differences, two evaluations of the formula per
-    entry of the last wrt variable, would run for minutes or hours."""
-    from .parser import split_tensor
-    var = split_tensor(wrt[-1])[0] if "_" in wrt[-1] else wrt[-1]
+    entry of ``var`` (the last wrt variable), would run for minutes or hours."""
     n = math.prod(shapes[var])
     if n > MAX_FD_ENTRIES:
         raise UserError(f"--sizes: finite differences would evaluate the formula {2 * n} times "

@@ -236,7 +236,6 @@ class _Lowering:
                                tuple(f"#{k}" for k in range(len(canon_order))))
         return target, order
 
-
     def narrow(self, operands, keep, dims, where=None):
         """Operands of a term with more distinct indices than einsum has letters (52), e.g.
         the gradient of a 100-layer chain: connected groups of them are contracted into
@@ -264,8 +263,8 @@ _GROUP_INDICES = 26   # indices of one partial contraction of a term too wide fo
 
 def _connected_group(operands, start, keep):
     """Positions of operands connected to ``operands[start]`` through shared indices (at
-    most ``_GROUP_INDICES`` indices in all) and the axes their
-    contraction keeps; (None, None) when contracting them would not remove an index."""
+    most ``_GROUP_INDICES`` indices in all) and the axes their contraction keeps; (None,
+    None) when contracting them would not remove an index."""
     group = [start]
     seen = set(operands[start][1])
     while True:
@@ -987,15 +986,17 @@ def _contraction(subs, op_shapes, operands, kept, backend, check_bytes):
     if len(parts) == 1 and len(set(parts[0])) == len(parts[0]) and sorted(parts[0]) == sorted(out):
         perm = tuple(parts[0].index(c) for c in out)
         if perm == tuple(range(len(perm))):
-            fn = lambda a: a                # noqa: E731
+            def fn(a):              # the operand itself, on every backend
+                return a
         elif backend == "torch":
             return lambda a: a.permute(*perm)
         elif backend == "jax":
             import jax.numpy as jnp
             return lambda a: jnp.transpose(a, perm)
         else:
-            fn = lambda a: a.transpose(perm)   # noqa: E731
-        fn.perm = perm     # _bind calls the transpose without this wrapper
+            def fn(a):
+                return a.transpose(perm)
+        fn.perm = perm              # _bind reads the operand directly, without this wrapper
         return fn
     path, info = oe.contract_path(subs, *op_shapes, shapes=True, optimize="auto")
     if info.largest_intermediate:

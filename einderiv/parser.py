@@ -70,6 +70,9 @@ class _Fail(Exception):
         self.offset = offset        # characters from the token's start to the culprit
 
 
+_TRANSPOSE_HINT = "there is no transpose mark; swap the indices instead: Aᵀ_ij is A_ji"
+
+
 def _script_character(text: str, token) -> None:
     """Refuse Unicode sub- and superscripts (``x₁``, ``xᵢ``, ``x²``, ``Aᵀ``): Python reads
     them as letters or digits, so they would silently become part of a name or an index."""
@@ -78,8 +81,7 @@ def _script_character(text: str, token) -> None:
             continue
         uname = unicodedata.name(ch, "")
         if ch == "\u1d40":       # ᵀ MODIFIER LETTER CAPITAL T
-            raise _Fail(f"'{text}': there is no transpose mark; swap the indices instead: "
-                        "Aᵀ_ij is A_ji", token, at)
+            raise _Fail(f"'{text}': {_TRANSPOSE_HINT}", token, at)
         if "SUBSCRIPT" in uname:
             raise _Fail(f"'{text}': '{ch}' is a Unicode subscript; write indices as letters "
                         "after '_', like x_i or A_ij", token, at)
@@ -142,7 +144,7 @@ _NOT_FUNCTIONS = {
     "max": "there is no max or min; relu(x) is max(x, 0)",
     "sum": "a sum names its indices: sum_j( ... )",
     "ln": "the natural logarithm is log",
-    "transpose": "there is no transpose; swap the indices instead: Aᵀ_ij is A_ji",
+    "transpose": _TRANSPOSE_HINT,
     "dot": "a product is written A_ij B_jk (the shared index j is summed)",
 }
 _NOT_FUNCTIONS.update({"trace": _NOT_FUNCTIONS["tr"], "logdet": _NOT_FUNCTIONS["det"],
@@ -168,7 +170,7 @@ def _unknown_function(name: str) -> str:
 # a hint per character that users type for an operator einderiv writes otherwise
 _CHARACTER_HINTS = {
     **dict.fromkeys("·⋅∙×@⊙∘", "write a product with a space, A_ij B_jk, or with '*'"),
-    "'": "there is no transpose mark; swap the indices instead: Aᵀ_ij is A_ji",
+    "'": _TRANSPOSE_HINT,
     "[": "indices follow '_': A_ij, not A[i,j]",
     "}": "a '}' without its '{'",
     ",": "statements are separated by ';' or a new line; named indices go in braces, W_{out,in}",

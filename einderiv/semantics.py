@@ -67,8 +67,13 @@ def _missing_underscore(rhs, index) -> str:
             name = node.value[0]
             if (1 < len(name) <= 4 and index in name[1:] and name[1:].isalpha()
                     and name.lower() not in _GREEK):
-                return f" (did you mean {name[0]}_{name[1:]}? indices follow '_')"
+                return underscore_hint(name, 1)
     return ""
+
+
+def underscore_hint(glued: str, at: int) -> str:
+    """`` (did you mean W_ij? ...)`` for a name ``Wij`` whose indices start at ``at``."""
+    return f" (did you mean {glued[:at]}_{glued[at:]}? indices follow '_')"
 
 
 def _walk(node: Node):

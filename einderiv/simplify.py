@@ -549,13 +549,6 @@ def _lift(e: Expr, avoid: set):
     return out
 
 
-def _all_names(e: Expr) -> set:
-    names = set(e.indices)
-    for t in e.terms:
-        names.update(term_indices(t))
-    return names
-
-
 def add(*exprs: Expr) -> Expr:
     """Elementwise sum, broadcast over the union of the indices."""
     dims = {}

@@ -13,7 +13,7 @@ from .export.text import format_indices
 from .ir import Expr, Tensor, Term, fresh_index, rename_expr, tensor_names
 from .parser import split_tensor, _Fail, _IDENT
 from .program import Derivative, Program
-from .semantics import Analysis, Statement, analyze
+from .semantics import Analysis, Statement, analyze, underscore_hint
 
 __all__ = ["diff", "differential", "vjp"]
 
@@ -63,7 +63,7 @@ def _variable_dims(name, analysis, depends):
     known = ", ".join(analysis.inputs) or "none"
     glued = [n for n in analysis.inputs if n.startswith(name) and n[len(name):].isalpha()
              and len(n) - len(name) <= 4]
-    hint = f" (did you mean {name}_{glued[0][len(name):]}? indices follow '_')" if glued else ""
+    hint = underscore_hint(glued[0], len(name)) if glued else ""
     raise EinderivError(f"cannot differentiate with respect to '{name}': it is not a tensor of "
                         f"the program (inputs: {known}){hint}")
 
@@ -290,10 +290,9 @@ def _outside_dims(name, given, inputs, outside):
     depends= mentions it): as many as an earlier pass gave it (a Jacobian input carries
     them), else as many as ``given`` names."""
     known = {d for dims in inputs.values() for d in dims if d.startswith(name + ".")}
-    if known:
-        return tuple(f"{name}.{k}" for k in range(len(known)))
-    if given:
-        return tuple(f"{name}.{k}" for k in range(len(given)))
+    count = len(known) or len(given or ())
+    if count:
+        return tuple(f"{name}.{k}" for k in range(count))
     raise EinderivError(f"'{name}' is not in the program; with depends= name its indices, "
                         f"e.g. wrt='{name}_pq'")
 
@@ -306,18 +305,22 @@ def _check_depends_chains(derived, name, statements, current):
     read = {n for st in _needed(statements, [current]) for n in tensor_names(st.expr)}
     read |= set(tensor_names(current))
 
-    def reaches(v, seen):
-        if v == name:
-            return True
-        if v in seen:
-            return False
-        seen.add(v)
-        nxt = ([derived[v]] if v in derived else []) + (
-            list(tensor_names(statements[v].expr)) if v in statements else [])
-        return any(reaches(n, seen) for n in nxt)
+    def reaches(start):
+        """Whether ``name`` is reached from ``start`` through depends= and the statements
+        (a walk with a stack: a program may chain thousands of statements)."""
+        stack, seen = [start], set()
+        while stack:
+            v = stack.pop()
+            if v == name:
+                return True
+            if v not in seen:
+                seen.add(v)
+                stack.extend([derived[v]] if v in derived else [])
+                stack.extend(tensor_names(statements[v].expr) if v in statements else [])
+        return False
 
     for k, v in derived.items():
-        if k in read and v != name and reaches(v, set()):
+        if k in read and v != name and reaches(v):
             raise EinderivError(
                 f"depends: '{k}' depends on '{v}', which depends on '{name}' in turn; einderiv "
                 f"does not chain unknown Jacobians: declare depends={{'{k}': '{name}'}} and pass "

@@ -1055,13 +1055,6 @@ DEPENDS_REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("case", DEPENDS_REFUSED, ids=[c[0] for c in DEPENDS_REFUSED])
-def test_depends_chains_and_axis_counts_are_refused(case):
-    _, build, message = case
-    with pytest.raises(ed.EinderivError, match=re.escape(message)):
-        build()
-
-
 def test_depends_chain_not_involving_the_variable_is_fine():
     # A = f(B), B = g(X): with respect to B itself no chain is needed
     X = np.random.default_rng(71).normal(size=(3, 3))
@@ -1073,8 +1066,9 @@ def test_depends_chain_not_involving_the_variable_is_fine():
     assert_close(evaluate(d, {"A": A, "B": B, "dAdB": dAdB}), ref, what="depends wrt B")
 
 
-@pytest.mark.parametrize("case", NAME_CLASHES, ids=[c[0] for c in NAME_CLASHES])
-def test_name_clashes_are_reported(case):
+@pytest.mark.parametrize("case", NAME_CLASHES + DEPENDS_REFUSED,
+                         ids=[c[0] for c in NAME_CLASHES + DEPENDS_REFUSED])
+def test_name_clashes_and_depends_chains_are_reported(case):
     _, build, message = case
     with pytest.raises(ed.EinderivError, match=re.escape(message)):
         build()

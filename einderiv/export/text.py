@@ -17,6 +17,9 @@ __all__ = ["format_expr", "format_statement", "format_number", "format_indices",
 POOL = "ijklmnabcdefghorstuvwxyz" + "αβγεζηθκλμνξπρστυφχψω"
 
 
+MAX_SHOWN_DENOMINATOR = 10**6   # a fraction with a longer denominator is shown as a decimal
+
+
 def format_number(c) -> str:
     if isinstance(c, Fraction):
         if c.denominator == 1:
@@ -34,9 +37,6 @@ def format_number(c) -> str:
             return repr(float(c))  # (1/2)^(1/3) / 3 as 0.26456684199469993, not 3968…/15…0
         return f"{c.numerator}/{c.denominator}"
     return repr(float(c))
-
-
-MAX_SHOWN_DENOMINATOR = 10**6   # a fraction with a longer denominator is shown as a decimal
 
 
 def _exact_decimal(c: Fraction) -> str:
