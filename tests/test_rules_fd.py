@@ -293,6 +293,63 @@ def test_unknown_function_is_an_error():
 
 
 # ---------------------------------------------------------------------------
+# edge values: far tails and zero bases, against closed forms in float64
+# ---------------------------------------------------------------------------
+
+RUNNERS = ["numpy", "dask", "torch", "jax", "export-numpy", "export-torch", "export-jax"]
+
+
+def _run(prog, arrays, runner):
+    """``prog`` evaluated by a backend, or by its exported code, as a numpy array."""
+    lib = runner.replace("export-", "")
+    if lib == "numpy":
+        conv = dict(arrays)
+    elif lib == "torch":
+        torch = pytest.importorskip("torch")
+        conv = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    elif lib == "jax":
+        jax = pytest.importorskip("jax")
+        jax.config.update("jax_enable_x64", True)
+        conv = {k: jax.numpy.asarray(v) for k, v in arrays.items()}
+    else:
+        da = pytest.importorskip("dask.array")
+        conv = {k: da.from_array(v) for k, v in arrays.items()}
+    if runner.startswith("export-"):
+        out = _compiled(prog.to_source(lib))(**conv)
+    else:
+        out = prog.evaluate(conv, backend=lib)
+    if lib == "dask":
+        out = out.compute()
+    return np.asarray(out.numpy() if lib == "torch" else out)
+
+
+@pytest.mark.parametrize("dtype, low", [(np.float64, -700.0), (np.float32, -80.0)])
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_sigmoid_keeps_its_relative_precision_in_the_tails(runner, dtype, low):
+    """σ(-40) = 4.2e-18 and σ(-20) = 2.1e-9 in float32: 0.5 (1 + tanh(x/2)) rounds them to
+    0 (log σ(x) became -inf), and lost 3 digits at σ(-10) in float32."""
+    x = np.array([low, -40.0, -20.0, -10.0, -1.0, 0.0, 1.0, 10.0, 40.0, 800.0], dtype=dtype)
+    got = _run(ed.parse("y_i = sigmoid(x_i)"), {"x": x}, runner)
+    assert got.dtype == dtype
+    want = sigmoid(x.astype(np.float64))            # 1 / (1 + e^-x): no cancellation
+    np.testing.assert_allclose(got, want, rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+def test_log_sigmoid_and_its_derivative_far_below_zero():
+    x = np.array([-700.0, -40.0, -30.0])
+    log_sigmoid = ed.parse("y_i = log(sigmoid(x_i))")
+    np.testing.assert_allclose(log_sigmoid.evaluate(x=x), x - np.log1p(np.exp(x)), rtol=1e-14)
+    jac = ed.diff(log_sigmoid, wrt="x_p").evaluate(x=x)
+    np.testing.assert_allclose(jac, np.diag(sigmoid(-x)), rtol=1e-14, atol=0)
+    # d log(softplus(x)) = σ(x) / softplus(x), about 1 far below zero
+    jac = ed.diff("y_i = log(softplus(x_i))", wrt="x_p").evaluate(x=x[1:])
+    np.testing.assert_allclose(jac, np.diag(sigmoid(x[1:]) / softplus(x[1:])), rtol=1e-12, atol=0)
+    # a folded constant
+    np.testing.assert_allclose(ed.parse("L = sigmoid(0-40) x").evaluate(x=1.0), sigmoid(-40.0),
+                               rtol=1e-14)
+
+
+# ---------------------------------------------------------------------------
 # sum_j(...), and where the summation stands
 # ---------------------------------------------------------------------------
 
