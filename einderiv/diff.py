@@ -99,7 +99,11 @@ def _(f: Func, seed, wrt):
 
 @derive_factor.register
 def _(f: Power, seed, wrt):
-    """Power rule: d(u^n) = n u^(n-1) du; in general d(u^v) = u^v (dv log u + v du / u)."""
+    """Power rule: d(u^n) = n u^(n-1) du; in general d(u^v) = u^v log u dv + v u^(v-1) du.
+
+    The du term keeps u^(v-1), not u^v / u: at u = 0 with v = 2 that is 2 · 0 = 0, where
+    u^v / u would be 0 / 0 = NaN.
+    """
     du = derive(f.base, seed, wrt)
     n = S.const_value(f.exponent)
     if n is not None:
@@ -112,7 +116,8 @@ def _(f: Power, seed, wrt):
     if not S.is_zero(dv):
         parts.append(S.mul(here, dv, S.func("log", f.base)))
     if not S.is_zero(du):
-        parts.append(S.mul(here, f.exponent, S.power(f.base, S.const(-1)), du))
+        less_one = S.power(f.base, S.add(f.exponent, S.const(-1)))
+        parts.append(S.mul(f.exponent, less_one, du))
     if not parts:
         return None
     return S.add(*parts)

@@ -238,6 +238,20 @@ def test_power_rule(case):
     check_diff(src, wrt, arrays, fref, out=out)
 
 
+@pytest.mark.parametrize("a", [1.0, 2.0, 3.0])
+def test_power_with_a_tensor_exponent_at_a_zero_base(a):
+    """d x^a / dx = a x^(a-1) (0^0 = 1): 1, 0, 0 at x = 0 for a = 1, 2, 3 (was a x^a / x,
+    0 / 0 = NaN); second derivative a (a-1) x^(a-2): 2 and 0 at x = 0 for a = 2, 3 (for
+    a = 1 it is 0 · 0^-1, NaN, as in jax: the exponent's value is known only at run time)."""
+    x = np.array([0.0, -2.0, 1.5])
+    arrays = {"x": x, "a": np.array(a)}
+    jac = ed.diff("y_i = x_i^a", wrt="x_p").evaluate(**arrays)
+    np.testing.assert_allclose(jac, np.diag(a * x ** (a - 1)), rtol=1e-14, atol=0)
+    if a > 1:
+        hess = ed.diff("L = sum_i(x_i^a)", wrt=["x_p", "x_q"]).evaluate(**arrays)
+        np.testing.assert_allclose(hess, np.diag(a * (a - 1) * x ** (a - 2)), rtol=1e-14, atol=0)
+
+
 # ---------------------------------------------------------------------------
 # every function: chain rule, first and second order
 # ---------------------------------------------------------------------------
