@@ -102,7 +102,8 @@ def _(f: Power, seed, wrt):
     """Power rule: d(u^n) = n u^(n-1) du; in general d(u^v) = u^v log u dv + v u^(v-1) du.
 
     The du term keeps u^(v-1), not u^v / u: at u = 0 with v = 2 that is 2 · 0 = 0, where
-    u^v / u would be 0 / 0 = NaN.
+    u^v / u would be 0 / 0 = NaN. A base that is the number 0 has no dv term: 0^v = 0 for
+    every v > 0.
     """
     du = derive(f.base, seed, wrt)
     n = S.const_value(f.exponent)
@@ -113,7 +114,7 @@ def _(f: Power, seed, wrt):
     dv = derive(f.exponent, seed, wrt)
     parts = []
     here = S.power(f.base, f.exponent)
-    if not S.is_zero(dv):
+    if not S.is_zero(dv) and not S.is_zero(f.base):
         parts.append(S.mul(here, dv, S.func("log", f.base)))
     if not S.is_zero(du):
         less_one = S.power(f.base, S.add(f.exponent, S.const(-1)))

@@ -238,6 +238,14 @@ def test_power_rule(case):
     check_diff(src, wrt, arrays, fref, out=out)
 
 
+def test_zero_to_a_variable_power_has_a_zero_derivative():
+    """0^x = 0 for every x > 0, so d(0^x)/dx = 0 (was an error: 'log(0) is not finite')."""
+    d = ed.diff("L = y 0^x", wrt="x")
+    for x in (0.5, 2.0):
+        ref = fd_jacobian(lambda x, y: y * 0.0 ** x, {"x": np.array(x), "y": np.array(3.0)}, "x")
+        np.testing.assert_array_equal(evaluate(d, {"x": np.array(x), "y": np.array(3.0)}), ref)
+
+
 @pytest.mark.parametrize("a", [1.0, 2.0, 3.0])
 def test_power_with_a_tensor_exponent_at_a_zero_base(a):
     """d x^a / dx = a x^(a-1) (0^0 = 1): 1, 0, 0 at x = 0 for a = 1, 2, 3 (was a x^a / x,
