@@ -371,6 +371,38 @@ def test_log_sigmoid_and_its_derivative_far_below_zero():
                                rtol=1e-14)
 
 
+def _softmax_jacobian(z):
+    """diag(s) - s sᵀ, s = softmax(z), computed shifted (float64)."""
+    s = np.exp(z - z.max())
+    s /= s.sum()
+    return np.diag(s) - np.outer(s, s)
+
+
+SOFTMAX = "y_i = exp(z_i) / sum_j(exp(z_j))"
+SHIFTED_SOFTMAX = "y_i = exp(z_i - m) / sum_j(exp(z_j - m))"
+
+
+@pytest.mark.parametrize("dtype, top", [(np.float32, 80.0), (np.float64, 700.0)])
+def test_shifted_softmax_derivatives_hold_up_to_the_largest_exponent(dtype, top):
+    """The README's remedy: with m = max z given as an input nothing over- or underflows."""
+    z = np.array([top, top - 1.0, 0.0], dtype=dtype)
+    want = _softmax_jacobian(z.astype(np.float64))
+    rtol = 100 * np.finfo(dtype).eps
+    jac = ed.diff(SHIFTED_SOFTMAX, wrt="z_p").evaluate(z=z, m=z.max())
+    np.testing.assert_allclose(jac, want, rtol=rtol, atol=rtol * 1e-30)
+    hess = ed.diff("L = m + log(sum_i(exp(x_i - m)))", wrt=["x_p", "x_q"]).evaluate(x=z, m=z.max())
+    np.testing.assert_allclose(hess, want, rtol=rtol, atol=rtol * 1e-30)
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation (README, Edge values): the softmax "
+                   "Jacobian multiplies exp(z_i) exp(z_p) by sum_j(exp(z_j))^-2, which underflows "
+                   "in float32 from z ≈ 44 (float64: 355); shift by max z instead")
+def test_unshifted_softmax_jacobian_in_float32_at_60():
+    z = np.array([60.0, 59.0, 0.0], dtype=np.float32)
+    jac = ed.diff(SOFTMAX, wrt="z_p").evaluate(z=z)
+    np.testing.assert_allclose(jac, _softmax_jacobian(z.astype(np.float64)), rtol=1e-5, atol=1e-30)
+
+
 # ---------------------------------------------------------------------------
 # sum_j(...), and where the summation stands
 # ---------------------------------------------------------------------------
