@@ -386,6 +386,8 @@ def parse_text(text: str) -> list[Stmt]:
                 message += " (unbalanced parentheses?)"
             elif str(tok) == "*" and text[tok.start_pos - 1:tok.start_pos] == "*":
                 message += " (a power is written with '^', like x_i^2)"
+            elif str(tok) in "+-" and text[:tok.start_pos].rstrip().endswith("^"):
+                message += " (a signed exponent goes in parentheses, like x^(-2))"
         raise syntax_error(text, message, line, column) from None
     except UnexpectedEOF:
         lines = text.splitlines() or [""]

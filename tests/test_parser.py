@@ -234,11 +234,13 @@ def test_latex_of_one_multi_letter_index_has_no_stray_comma():
     ("y_i = W_{ij x_j", 8, "the '{' of this index list is not closed"),
     ("y_i = W_ij} x_j", 11, "a '}' without its '{'"),
     ("L = x_i**2", 9, "unexpected '*' (a power is written with '^', like x_i^2)"),
+    ("L = x_i^-2", 9, "unexpected '-' (a signed exponent goes in parentheses, like x^(-2))"),
+    ("L = x_i^ +1", 10, "(a signed exponent goes in parentheses, like x^(-2))"),
     ("L = sum_j W_j x_j", 5, "'sum_j' needs parentheses around what it sums: sum_j( ... )"),
     ("L = sum(x_i)", 5, "a sum names its indices: sum_j( ... )"),
 ])
 def test_a_likely_mistake_says_what_to_write(src, column, hint):
-    """Operators from other notations (·, ×, @, ', **, A[i,j]) and a sum without its
+    """Operators from other notations (·, ×, @, ', **, A[i,j]), a signed exponent and a sum without its
     parentheses: the message points at the place and says what einderiv writes instead."""
     with pytest.raises(ed.EinderivSyntaxError) as info:
         ed.parse(src)
