@@ -1268,6 +1268,21 @@ def test_to_source_numpy_for_fixed_shapes(case):
     assert_close(got, ev, rtol=1e-12, atol=1e-12, nonzero=True, what="to_source numpy, shapes")
 
 
+def test_to_source_for_fixed_shapes_refuses_other_shapes():
+    """Code exported with shapes= reshapes with those sizes: A of (3, 2, 4) instead of
+    (2, 3, 4) reshaped without error into a result of the wrong shape. It is refused, naming
+    the shapes; the same call on the code exported without shapes= is right (numpy check)."""
+    p = ed.parse("C_ijk = A_ijl B_lk")
+    fixed = _compiled(p.to_source("numpy", shapes={"A": (2, 3, 4), "B": (4, 5)}))
+    rng = np.random.default_rng(3)
+    A, B = rng.normal(size=(3, 2, 4)), rng.normal(size=(4, 5))
+    with pytest.raises(ValueError, match=r"exported for shapes=\{'A': \(2, 3, 4\), 'B': \(4, 5\)\}; "
+                       r"got A \(3, 2, 4\), B \(4, 5\)"):
+        fixed(A, B)
+    assert_close(_compiled(p.to_source("numpy"))(A, B), np.einsum("ijl,lk->ijk", A, B),
+                 rtol=1e-12, atol=1e-12, what="export without shapes=")
+
+
 @pytest.mark.parametrize("signs", ["labels ±1", "any sign"])
 def test_to_source_writes_the_gram_product_of_a_glm_hessian(signs):
     """Xᵀ diag(w) X (the logistic Hessian, and one with weights of any sign) is exported as

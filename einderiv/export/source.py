@@ -167,6 +167,8 @@ def generate(program, target: str, name: str, shapes=None) -> str:
                                  {k: tuple(v) for k, v in shapes.items()}, program._sizes)
 
     lines = _input_prologue([names[i] for i in plan.inputs], target) if plan.inputs else []
+    if dim_size is not None and target == "numpy" and plan.inputs:
+        lines += _shape_guard(plan.inputs, names, shapes)
     helpers = set()
     temp_count = 0
     for step in plan.steps:
@@ -209,6 +211,18 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     if target == "numpy" and "oe." not in body and "_contract(" not in body:
         head = head.replace("import opt_einsum as oe\n", "")
     return (f"{head}{extra}\n\ndef {name}({', '.join(params)}):\n{doc}{body}\n")
+
+
+def _shape_guard(inputs, names, shapes):
+    """Code written for ``shapes=`` reshapes with those sizes: other shapes are refused with
+    a message (they could otherwise reshape without error into a wrong result)."""
+    fixed = {n: tuple(int(s) for s in shapes[n]) for n in inputs}
+    test = " or ".join(f"{names[n]}.shape != {fixed[n]!r}" for n in inputs)
+    got = ", ".join(f"{n} {{{names[n]}.shape}}" for n in inputs)
+    shown = repr(fixed).replace("{", "{{").replace("}", "}}")
+    message = (f"this function was exported for shapes={shown}; got {got}: export it again "
+               "with these shapes, or without shapes= for any shapes")
+    return [f"if {test}:", f"    raise ValueError(f{message!r})"]
 
 
 def _check_shapes(shapes, input_dims):
