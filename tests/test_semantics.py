@@ -136,6 +136,28 @@ def test_size_of_a_missing_axis_counts_the_axes(src, want):
         ed.parse(src)
 
 
+def test_size_of_an_input_read_nowhere_else():
+    # the text of sum_i(x_i - x_i + 1) is size(x,0): x is an input the formula reads only there,
+    # with at least the axes it names (was "'x' is not an input of the program")
+    prog = ed.parse("L = size(A,1) y")
+    assert prog.inputs == ("y", "A")
+    assert prog.evaluate(A=np.ones((2, 3)), y=2.0) == 6.0
+    assert prog.evaluate(A=np.ones((2, 3, 5)), y=2.0) == 6.0
+    with pytest.raises(ed.InputError, match=r"1 axis .* length of its axis 1 \(size\(A,1\)\)"):
+        prog.evaluate(A=np.ones(3), y=2.0)
+    with pytest.raises(ed.EinderivError, match="'h' is not an input"):
+        ed.parse("h_i = x_i; L = size(h,0)")
+
+
+def test_a_left_hand_index_sized_by_a_later_statement():
+    # h_j = 2 broadcasts along j; L reads h along y's axis, which gives j its size (the text of
+    # a derivative whose intermediate simplified to a number reads like this)
+    prog = ed.parse("h_j = 2; L = sum_i(h_i y_i)")
+    assert prog.evaluate(y=np.array([1.0, 2.0, 3.0])) == 12.0
+    with pytest.raises(ed.IndexSizeError, match="left-hand index 'j' of 'h' appears in no term"):
+        ed.parse("h_j = 2; L = sum_i(h_i)")
+
+
 @pytest.mark.parametrize("src, column", [
     ("y = 1e200 1e200 x_i", 5),
     ("y_i = x_i^(1e200 1e200)", 12),
