@@ -200,9 +200,11 @@ def analyze(text: str, sizes=None) -> Analysis:
     for key, (name, axis, index, line) in where.items():
         if name in input_ndim:
             members.setdefault(reps[uf.find(key)], []).append((name, axis, index, line))
+    reach = _sizes_reach(uf, reps, sizes)
     given: dict = {}
     for key in list(uf.parent):
-        if key[0] == "I" and key[2] in sizes:  # within one statement, one dimension, one size
+        if key[0] == "I" and key[2] in sizes and reps[uf.find(key)] in reach[key[2]]:
+            # within one statement, one dimension, one size
             given.setdefault((key[1], reps[uf.find(key)]), {})[key[2]] = sizes[key[2]]
     for (n, dim_name), named in given.items():
         if len(set(named.values())) > 1:
@@ -243,6 +245,22 @@ def analyze(text: str, sizes=None) -> Analysis:
     inputs = {name: tuple(reps[uf.find(("T", name, a))] for a in range(input_ndim[name][0]))
               for name in input_order}
     return Analysis(tuple(statements), inputs, members, sizes, unsized, size_only)
+
+
+def _sizes_reach(uf, reps, sizes) -> dict:
+    """The dimensions each ``sizes=`` entry gives a size to: those its index names that no
+    input carries, when it names some (the other statements' letter of that name, an axis of
+    an array, takes the array's size, as evaluate does); else all it names, to be checked
+    against the arrays."""
+    named: dict = {}
+    for key in uf.parent:
+        if key[0] == "I" and key[2] in sizes:
+            named.setdefault(key[2], set()).add(reps[uf.find(key)])
+    reach = {}
+    for index, dims in named.items():
+        free = {d for d in dims if d.startswith("=")}
+        reach[index] = free or dims
+    return reach
 
 
 def _size_only_inputs(text, size_refs, input_ndim, defined) -> frozenset:

@@ -462,10 +462,11 @@ def test_derivative_text_round_trips(p, seed):
     check_derivative_round_trips(p, seed)
 
 
-@pytest.mark.xfail(strict=False, reason="known limitation: the canonical form of a term is not "
-                   "unique when several summed indices play symmetric roles (one refinement "
-                   "round of the dummy ordering), so a few random programs re-parse to an "
-                   "equal-valued but differently ordered IR")
+@pytest.mark.xfail(strict=False, reason="known limitation (about 13% of these programs): the "
+                   "canonical names of summed indices come from one refinement round, so indices "
+                   "in symmetric roles can come back in another order; and a coefficient with a "
+                   "denominator over 10^6 prints as its nearest float (0.999449822159508), which "
+                   "reads back as another fraction. The values agree (test_text_round_trips)")
 @_settings(200)
 @given(programs(max_depth=1), st.integers(0, 2 ** 32 - 1))
 def test_text_round_trips_to_an_equal_ir(p, seed):
