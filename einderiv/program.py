@@ -219,13 +219,19 @@ class Program:
             raise InputError(f"unexpected input{'s' if len(extra) > 1 else ''}: {', '.join(extra)} "
                              f"(the inputs are {', '.join(self._inputs) or 'none'})")
         out, dtypes = {}, []
+        # an input only size(A,k) reads: its axes up to the largest k are known, it may have more
+        size_only = getattr(getattr(self, "_analysis", None), "size_only", ())
         for name, value in arrays.items():
             if name not in self._inputs:
                 continue          # an input of the source program that this result does not read
             value, dtype = _as_backend_array(name, value, backend)
             shape = tuple(value.shape)
             ndim = len(self._inputs[name])
-            if len(shape) != ndim:
+            if name in size_only and len(shape) < ndim:
+                raise InputError(f"input '{name}' has {len(shape)} ax{'i' if len(shape) == 1 else 'e'}s "
+                                 f"(shape {shape}) but the formula reads the length of its axis "
+                                 f"{ndim - 1} (size({name},{ndim - 1}))")
+            if len(shape) != ndim and name not in size_only:
                 raise InputError(f"input '{name}' has {len(shape)} ax{'i' if len(shape) == 1 else 'e'}s "
                                  f"(shape {shape}) but the formula uses it with {ndim} "
                                  f"ind{'ex' if ndim == 1 else 'ices'}")

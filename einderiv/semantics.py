@@ -35,6 +35,7 @@ class Analysis:
     members: dict           # dimension -> list of (tensor, axis, index name, line)
     sizes: dict             # index name -> size given by the user
     unsized: dict = None    # dimension -> (index, statement, line) that only sizes= can give
+    size_only: frozenset = frozenset()  # inputs only size(A,k) reads: they may have more axes
 
 
 class _UnionFind:
@@ -111,6 +112,7 @@ def analyze(text: str, sizes=None) -> Analysis:
     where: dict = {}                      # union-find key -> (tensor, axis, index, line)
     index_names = set()
     size_refs = []
+    absent = []                           # (statement, left-hand index) no term of it carries
     for n, st in enumerate(stmts):
         if st.name in defined:
             raise syntax_error(text, f"'{st.name}' is defined twice (first on line "
@@ -165,22 +167,12 @@ def analyze(text: str, sizes=None) -> Analysis:
                 rhs_indices.update(node.value)
         for axis, index in enumerate(st.indices):
             if index not in rhs_indices and index not in sizes:
-                raise IndexSizeError(
-                    f"line {st.line}: left-hand index '{index}' of '{st.name}' appears in no term "
-                    f"of the right-hand side, so nothing gives its size; use it on the right or "
-                    f"give sizes={{'{index}': n}}{_missing_underscore(st.rhs, index)}")
+                absent.append((n, index))
             uf.union(("I", n, index), ("T", st.name, axis))
             index_names.add(index)
         defined[st.name] = st
 
-    for name, axis, node, n in size_refs:
-        if name not in input_ndim or axis >= input_ndim[name][0]:
-            ndim = input_ndim[name][0] if name in input_ndim else 0
-            axes = ("no axes" if ndim == 0 else "1 axis, axis 0" if ndim == 1
-                    else f"{ndim} axes, 0 to {ndim - 1}")
-            what = (f"'{name}' has {axes}" if name in input_ndim
-                    else f"'{name}' is not an input of the program")
-            raise syntax_error(text, f"size({name},{axis}): {what}", node.line, node.column)
+    size_only = _size_only_inputs(text, size_refs, input_ndim, defined)
     unknown = sorted(set(sizes) - index_names)
     if unknown:
         raise IndexSizeError(f"sizes gives index '{unknown[0]}', which the formula does not use "
@@ -197,13 +189,22 @@ def analyze(text: str, sizes=None) -> Analysis:
     for key in list(uf.parent):
         if key[0] == "I" and key[2] in sizes:
             reps.setdefault(uf.find(key), f"={key[2]}")
+    for n, index in absent:
+        if uf.find(("I", n, index)) not in reps:  # another statement may size it
+            st = stmts[n]
+            raise IndexSizeError(
+                f"line {st.line}: left-hand index '{index}' of '{st.name}' appears in no term "
+                f"of the right-hand side, so nothing gives its size; use it on the right or "
+                f"give sizes={{'{index}': n}}{_missing_underscore(st.rhs, index)}")
     members: dict = {}
     for key, (name, axis, index, line) in where.items():
         if name in input_ndim:
             members.setdefault(reps[uf.find(key)], []).append((name, axis, index, line))
+    reach = _sizes_reach(uf, reps, sizes)
     given: dict = {}
     for key in list(uf.parent):
-        if key[0] == "I" and key[2] in sizes:  # within one statement, one dimension, one size
+        if key[0] == "I" and key[2] in sizes and reps[uf.find(key)] in reach[key[2]]:
+            # within one statement, one dimension, one size
             given.setdefault((key[1], reps[uf.find(key)]), {})[key[2]] = sizes[key[2]]
     for (n, dim_name), named in given.items():
         if len(set(named.values())) > 1:
@@ -243,7 +244,45 @@ def analyze(text: str, sizes=None) -> Analysis:
         statements.append(Statement(st.name, st.indices, tuple(lhs_dims[i] for i in st.indices), rhs))
     inputs = {name: tuple(reps[uf.find(("T", name, a))] for a in range(input_ndim[name][0]))
               for name in input_order}
-    return Analysis(tuple(statements), inputs, members, sizes, unsized)
+    return Analysis(tuple(statements), inputs, members, sizes, unsized, size_only)
+
+
+def _sizes_reach(uf, reps, sizes) -> dict:
+    """The dimensions each ``sizes=`` entry gives a size to: those its index names that no
+    input carries, when it names some (the other statements' letter of that name, an axis of
+    an array, takes the array's size, as evaluate does); else all it names, to be checked
+    against the arrays."""
+    named: dict = {}
+    for key in uf.parent:
+        if key[0] == "I" and key[2] in sizes:
+            named.setdefault(key[2], set()).add(reps[uf.find(key)])
+    reach = {}
+    for index, dims in named.items():
+        free = {d for d in dims if d.startswith("=")}
+        reach[index] = free or dims
+    return reach
+
+
+def _size_only_inputs(text, size_refs, input_ndim, defined) -> frozenset:
+    """Check every ``size(A,k)``; a name that only ``size()`` reads becomes an input whose
+    axes up to the largest k read are known (it may have more: ``L = size(x,0)``, the text of
+    ``sum_i(x_i - x_i + 1)``, reads any x of at least one axis). Returns those names."""
+    only = {}
+    for name, axis, node, n in size_refs:
+        if name not in input_ndim and name not in defined:
+            only[name] = max(only.get(name, 0), axis + 1)
+    for name, axis, node, n in size_refs:
+        if name in defined or (name not in only and axis >= input_ndim[name][0]):
+            ndim = input_ndim[name][0] if name in input_ndim else 0
+            axes = ("no axes" if ndim == 0 else "1 axis, axis 0" if ndim == 1
+                    else f"{ndim} axes, 0 to {ndim - 1}")
+            what = (f"'{name}' has {axes}" if name in input_ndim
+                    else f"'{name}' is not an input of the program")
+            raise syntax_error(text, f"size({name},{axis}): {what}", node.line, node.column)
+    for name, ndim in only.items():
+        _, axis, node, _ = next(ref for ref in size_refs if ref[0] == name)
+        input_ndim[name] = (ndim, node.line, node.column, f"size({name},{axis})")
+    return frozenset(only)
 
 
 def _build_statement(text, st: Stmt, n, dim, defined, input_dim) -> Expr:

@@ -10,7 +10,7 @@ from . import simplify as S
 from .diff import delta_seed, derive, rename_result
 from .errors import EinderivError
 from .export.text import format_indices
-from .ir import Expr, Tensor, Term, fresh_index, rename_expr, tensor_names
+from .ir import Expr, Func, Power, Size, Tensor, Term, fresh_index, rename_expr, tensor_names
 from .parser import split_tensor, _Fail, _IDENT
 from .program import Derivative, Program
 from .semantics import Analysis, Statement, analyze, underscore_hint
@@ -34,8 +34,9 @@ def _as_analysis(src, sizes) -> tuple[Analysis, str, str | None]:
         for name in getattr(src, "_unused", ()):
             inputs.setdefault(name, earlier.inputs[name])
         unsized = getattr(earlier, "unsized", None)
-        analysis = Analysis(src.statements, inputs,
-                            {k: list(v) for k, v in src._members.items()}, dict(src._sizes), unsized)
+        size_only = getattr(earlier, "size_only", frozenset())
+        analysis = Analysis(src.statements, inputs, {k: list(v) for k, v in src._members.items()},
+                            dict(src._sizes), unsized, size_only)
         return analysis, src.source, src.outputs[-1]
     if not isinstance(src, str):
         raise EinderivError(f"expected a formula string or a Program, got {type(src).__name__}")
@@ -272,10 +273,12 @@ def _cone(statements: dict, of) -> set:
 def _used_inputs(statements, inputs: dict, members: dict, keep: set) -> tuple[dict, dict]:
     """The inputs named in ``keep`` (those the differentiated result reads, and the new
     ones: Jacobians, tangents, the cotangent), and the first other input along any
-    dimension of ``statements`` none of those carries (its size comes from that array)."""
+    dimension of ``statements`` none of those carries (its size comes from that array): a
+    left-hand axis, or a size the statements read (``size(B,0) / x``, the derivative of
+    ``sum_j(log(x + B_j - B_j))``, reads B's length and nothing else of B)."""
     kept = {n for n in inputs if n in keep}
     carried = {d for n in kept for d in inputs[n]}
-    wanted = {d for st in statements for d in st.dims}
+    wanted = {d for st in statements for d in st.dims} | _sizes_read(statements)
     for n, dims in inputs.items():
         if n not in kept and any(d in wanted and d not in carried for d in dims):
             kept.add(n)
@@ -283,6 +286,28 @@ def _used_inputs(statements, inputs: dict, members: dict, keep: set) -> tuple[di
     members = {d: [m for m in group if m[0] in kept or m[0] == "sizes"] for d, group in members.items()}
     return ({n: dims for n, dims in inputs.items() if n in kept},
             {d: group for d, group in members.items() if group})
+
+
+def _sizes_read(statements) -> set:
+    """The dimensions of every size factor in ``statements``, nested ones included (each
+    shared subexpression visited once)."""
+    found, seen = set(), set()
+    stack = [st.expr for st in statements]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        for t in e.terms:
+            for f in t.factors:
+                kind = type(f)
+                if kind is Size:
+                    found.add(f.dim)
+                elif kind is Func:
+                    stack.append(f.arg)
+                elif kind is Power:
+                    stack.extend((f.base, f.exponent))
+    return found
 
 
 def _outside_dims(name, given, inputs, outside):
@@ -331,7 +356,7 @@ def fold_intermediates(e: Expr, statements) -> Expr:
     """Write ``h_i`` where a result repeats the definition of an intermediate
     ``h_i = tanh(...)``: the text reads better and the value is computed once."""
     from .evaluate import _canonical
-    from .ir import Func, Power, factor_indices, factor_dims
+    from .ir import factor_indices, factor_dims
     table = {}
     pending = {}   # kind -> definitions of that kind not yet in the table
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 
 import numpy as np
@@ -87,12 +88,17 @@ def _core_args(obj, arrays):
     return {n: arrays[n] for n in obj.inputs}
 
 
+def _scale(x):
+    """The size of an array's entries, at least 1 (absolute tolerances are relative to it)."""
+    return max(1.0, float(np.max(np.abs(x)))) if np.size(x) else 1.0
+
+
 def assert_close(got, want, rtol, what, atol_rel=None):
     got = np.asarray(got)
     want = np.asarray(want)
     assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
     assert np.all(np.isfinite(want)), f"{what}: the reference is not finite (generator bug)"
-    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    scale = _scale(want)
     np.testing.assert_allclose(got, want, rtol=rtol, atol=(atol_rel or rtol) * scale, err_msg=what)
 
 
@@ -102,7 +108,7 @@ def _converged(fd, *args, h, what, tol, **kwargs):
     (``reject``): a reference that has not converged cannot judge the core."""
     a = fd(*args, h=h, **kwargs)
     b = fd(*args, h=h / 4, **kwargs)
-    scale = max(1.0, float(np.max(np.abs(b)))) if np.size(b) else 1.0
+    scale = _scale(b)
     if not np.all(np.isfinite(b)) or np.max(np.abs(a - b), initial=0.0) > tol * scale:
         note(f"{what}: finite differences do not converge; program skipped")
         reject()
@@ -270,22 +276,33 @@ def check_differential_and_vjp(p, seed):
 # round trips through the text form
 # ---------------------------------------------------------------------------
 
-def _derivative_as_program(d, sizes):
-    """The text of ``d`` as a parseable program: its last line gets a plain LHS.
+def _derivative_text_value(d, p, arrays, result_sizes):
+    """The text of ``d`` re-parsed and evaluated: (value, the sizes= it asked for).
 
-    (``str(d)`` writes the left-hand side as ``dC_ik/dA_pq``; when the parser does not read
-    that form, the right-hand side gets ``R_<d.indices>`` and the sizes of those indices.)
+    ``str(d)`` writes the left-hand side as ``dC_ik/dA_pq``, which the parser does not read:
+    the last line gets ``R_<d.indices>`` instead. ``sizes=`` is given, as a user would, only
+    for the indices the re-parse says no array carries (an index of the result that only a δ
+    carries; a left-hand index of an intermediate that simplification emptied, ``h_i = 0``).
+    sizes= is for such indices (SPEC §2); a size for every index of the result would also
+    reach a letter that names another dimension in another statement, and contradict it.
     """
     text = str(d)
-    try:
-        return ed.parse(text), text, {}
-    except ed.EinderivError:
-        pass
     lines = text.split("\n")
     lhs, rhs = lines[-1].split(" = ", 1)
     name = "R" + (("_" + "".join(d.indices)) if d.indices else "")
-    # an index that only deltas or a broadcast carry needs its size (sizes= at parse time)
-    return ed.parse("\n".join(lines[:-1] + [f"{name} = {rhs}"]), sizes=sizes), text, sizes
+    src = "\n".join(lines[:-1] + [f"{name} = {rhs}"])
+    given = {}
+    while True:
+        try:
+            back = ed.parse(src, sizes=given)
+            kw = {"sizes": given} if given else {}
+            return back.evaluate(**_core_args(back, arrays), **kw), given
+        except ed.IndexSizeError as err:
+            asked = re.search(r"index '(\w+)' of '(\w+)'", str(err))
+            if asked is None or asked.group(1) in given:
+                raise
+            index, stmt = asked.groups()
+            given[index] = result_sizes[index] if stmt == "R" else p.sizes[index]
 
 
 def check_round_trips(p, seed):
@@ -315,12 +332,25 @@ def check_derivative_round_trips(p, seed):
     wrt = _wrt_spec(rng, w, nd, WRT_LETTERS[:nd])
     d = ed.diff(p.text, wrt=wrt)
     got = d.evaluate(**_core_args(d, arrays))
-    sizes = dict(zip(d.indices, got.shape))
-    back, text, sizes = _derivative_as_program(d, sizes)
-    note(f"str(derivative):\n{text}")
-    kw = {"sizes": sizes} if sizes else {}
-    assert_close(back.evaluate(**_core_args(back, arrays), **kw), got,
-                 1e-10, "str(derivative) re-parsed vs the derivative")
+    note(f"str(derivative):\n{d}")
+    value, given = _derivative_text_value(d, p, arrays, dict(zip(d.indices, got.shape)))
+    note(f"sizes= given to the re-parsed text: {given}")
+    if not np.allclose(value, got, rtol=1e-10, atol=1e-10 * _scale(got)):
+        _skip_if_rounding_dominates(d, arrays, got, 1e-10)
+    assert_close(value, got, 1e-10, "str(derivative) re-parsed vs the derivative")
+
+
+def _skip_if_rounding_dominates(obj, arrays, value, rtol):
+    """Skip (``reject``) a program whose value moves by more than a tenth of the tolerance
+    when its inputs move by a relative 1e-15 (a few ulps): float64 does not determine it to
+    the tolerance, so an evaluation in another order (the re-parsed text) cannot be judged."""
+    rng = np.random.default_rng(0)
+    moved = {n: np.asarray(arrays[n]) * (1 + 1e-15 * rng.uniform(-1, 1, np.shape(arrays[n])))
+             for n in obj.inputs}
+    drift = np.max(np.abs(np.asarray(obj.evaluate(**_core_args(obj, moved))) - value), initial=0.0)
+    if drift > rtol * _scale(value) / 10:
+        note(f"a relative 1e-15 change of the inputs moves the value by {drift:.3g}; skipped")
+        reject()
 
 
 # ---------------------------------------------------------------------------
@@ -426,18 +456,17 @@ def test_text_round_trips(p, seed):
     check_round_trips(p, seed)
 
 
-@pytest.mark.xfail(strict=False, reason="known limitation: a derivative's text can give one "
-                   "letter to two dimensions in rare programs (sizes= then conflict on re-parse)")
 @_settings(300)
 @given(programs(max_depth=1), st.integers(0, 2 ** 32 - 1))
 def test_derivative_text_round_trips(p, seed):
     check_derivative_round_trips(p, seed)
 
 
-@pytest.mark.xfail(strict=False, reason="known limitation: the canonical form of a term is not "
-                   "unique when several summed indices play symmetric roles (one refinement "
-                   "round of the dummy ordering), so a few random programs re-parse to an "
-                   "equal-valued but differently ordered IR")
+@pytest.mark.xfail(strict=False, reason="known limitation (about 13% of these programs): the "
+                   "canonical names of summed indices come from one refinement round, so indices "
+                   "in symmetric roles can come back in another order; and a coefficient with a "
+                   "denominator over 10^6 prints as its nearest float (0.999449822159508), which "
+                   "reads back as another fraction. The values agree (test_text_round_trips)")
 @_settings(200)
 @given(programs(max_depth=1), st.integers(0, 2 ** 32 - 1))
 def test_text_round_trips_to_an_equal_ir(p, seed):

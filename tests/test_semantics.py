@@ -136,6 +136,39 @@ def test_size_of_a_missing_axis_counts_the_axes(src, want):
         ed.parse(src)
 
 
+def test_size_of_an_input_read_nowhere_else():
+    # the text of sum_i(x_i - x_i + 1) is size(x,0): x is an input the formula reads only there,
+    # with at least the axes it names (was "'x' is not an input of the program")
+    prog = ed.parse("L = size(A,1) y")
+    assert prog.inputs == ("y", "A")
+    assert prog.evaluate(A=np.ones((2, 3)), y=2.0) == 6.0
+    assert prog.evaluate(A=np.ones((2, 3, 5)), y=2.0) == 6.0
+    with pytest.raises(ed.InputError, match=r"1 axis .* length of its axis 1 \(size\(A,1\)\)"):
+        prog.evaluate(A=np.ones(3), y=2.0)
+    with pytest.raises(ed.EinderivError, match="'h' is not an input"):
+        ed.parse("h_i = x_i; L = size(h,0)")
+
+
+def test_sizes_for_a_result_index_leave_the_same_letter_in_another_statement_alone():
+    # k and n of the result come only from sizes=; in h, k and n both run along x's axis. The
+    # sizes are for the result (h takes x's), as evaluate already read them: once "line 1: sizes
+    # gives k=3, n=2, but these indices run along one dimension" (a derivative's text and the
+    # sizes its result needs)
+    prog = ed.parse("h = sum_k(x_k) sum_n(x_n)\nR_kn = h", sizes={"k": 3, "n": 2})
+    np.testing.assert_array_equal(prog.evaluate(x=np.array([1.0, 2.0])), np.full((3, 2), 9.0))
+    with pytest.raises(ed.IndexSizeError, match="k=3, n=2, but these indices run along one"):
+        ed.parse("h = sum_k(x_k) sum_n(x_n)\nR = h", sizes={"k": 3, "n": 2})
+
+
+def test_a_left_hand_index_sized_by_a_later_statement():
+    # h_j = 2 broadcasts along j; L reads h along y's axis, which gives j its size (the text of
+    # a derivative whose intermediate simplified to a number reads like this)
+    prog = ed.parse("h_j = 2; L = sum_i(h_i y_i)")
+    assert prog.evaluate(y=np.array([1.0, 2.0, 3.0])) == 12.0
+    with pytest.raises(ed.IndexSizeError, match="left-hand index 'j' of 'h' appears in no term"):
+        ed.parse("h_j = 2; L = sum_i(h_i)")
+
+
 @pytest.mark.parametrize("src, column", [
     ("y = 1e200 1e200 x_i", 5),
     ("y_i = x_i^(1e200 1e200)", 12),

@@ -73,6 +73,7 @@ ROUND_TRIP = [
     "y_i = tanh(W_ij x_j + b_i)",
     "p_i = exp(z_i) / sum_j(exp(z_j))",
     "y_{out,b} = W_{out,in} x_{in,b}",
+    "L = sum_i(x_i - x_i + 1) y",           # the text 'size(x,0) y' no longer shows x otherwise
 ]
 
 
@@ -96,6 +97,25 @@ def test_derivative_text_reads_back():
     rng = np.random.default_rng(0)
     W, x, t = rng.normal(size=(3, 4)), rng.normal(size=4), rng.normal(size=3)
     np.testing.assert_allclose(again.evaluate(W=W, x=x, t=t), d.evaluate(W=W, x=x, t=t))
+
+
+def test_text_of_a_sum_over_a_broadcast_group_ties_every_letter():
+    # d/dx of Σ_ij C_i (x / sin(x) + B_j): the group (…) is broadcast along j; its text once was
+    # sum_ij(C_i (…)) with j tied to nothing ("index 'j' has no size" on re-parse)
+    d = ed.diff("g_j = x / sin(x) + B_j; L = sum_ij(C_i g_j)", wrt="x")
+    rhs = str(d).splitlines()[-1].split(" = ", 1)[1]
+    again = ed.parse("R = " + rhs)
+    x, b, c = 0.7, np.array([1.0, 2.0, 3.0]), np.array([0.5, -2.0])
+    want = 3 * c.sum() * (1 / np.sin(x) - x * np.cos(x) / np.sin(x) ** 2)
+    np.testing.assert_allclose(again.evaluate(**{n: {"x": x, "B": b, "C": c}[n] for n in again.inputs}),
+                               want, rtol=1e-12)
+
+
+def test_derivative_that_reads_only_a_length_keeps_that_input():
+    # d/dx Σ_j 1 / (x + B_j - B_j) = -n_B / x²: B is read only for its length (was a KeyError)
+    d = ed.diff("L = sum_j(1 / (x + B_j - B_j))", wrt="x")
+    assert d.inputs == ("x", "B")
+    assert d.evaluate(x=2.0, B=np.ones(3)) == -0.75
 
 
 def test_growth_is_bounded():

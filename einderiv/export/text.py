@@ -82,10 +82,23 @@ def split_term(term: Term, free, taken: set, bindings: dict | None = None):
 
     With ``bindings`` (letter → dimension, shared by a whole statement) a letter is never
     reused for another dimension, because a statement gives one index name one size.
+
+    A summed index that no tensor or δ of the term carries (only the index list of a
+    broadcast group names it: Σ_l (h / sin(h)) over an l of B) would be a letter that the
+    text ties to nothing; the term gets the size of its dimension instead, Σ_l f = n_l f.
     """
     dummies = [i for i in term_indices(term) if i not in free]
     if not dummies:
         return term, []
+    hidden = [i for i in dummies if not _carried(i, term.factors)]
+    if hidden:
+        dims = term_dims(term.factors)
+        sizes = tuple(Size(dims[i]) for i in hidden)
+        dummies = [i for i in dummies if i not in hidden]
+        term = Term(term.coeff, term.factors + sizes)
+        taken = set(taken) | set(hidden)       # never a letter of a shown index
+        if not dummies:
+            return term, []
     if bindings is None:
         letters = dummy_letters(len(dummies), set(taken) | set(free))
         return rename_term(term, dict(zip(dummies, letters))), letters
@@ -102,6 +115,26 @@ def split_term(term: Term, free, taken: set, bindings: dict | None = None):
         bindings.setdefault(letter, dims.get(d))
         letters.append(letter)
     return rename_term(term, dict(zip(dummies, letters))), letters
+
+
+def _carried(index, factors) -> bool:
+    """Whether a tensor or a δ among ``factors`` (inside functions and powers too) carries
+    ``index``, so that the text ties its letter to a dimension."""
+    stack = list(factors)
+    while stack:
+        f = stack.pop()
+        kind = type(f)
+        if kind is Tensor:
+            if index in f.indices:
+                return True
+        elif kind is Delta:
+            if index in (f.a, f.b):
+                return True
+        elif kind is Func or kind is Power:
+            e = f.arg if kind is Func else f.base
+            if index in e.indices:    # free there: every term of e means this index
+                stack.extend(g for t in e.terms for g in t.factors)
+    return False
 
 
 def _letters():
