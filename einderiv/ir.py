@@ -20,7 +20,7 @@ from typing import Union
 __all__ = [
     "Tensor", "Delta", "Size", "Func", "Power", "Term", "Expr", "Factor", "Number",
     "factor_indices", "factor_dims", "term_dims", "term_indices", "rename_factor", "fresh_index", "rename_term", "rename_expr",
-    "expr_all_indices", "tensor_names", "is_private",
+    "expr_all_indices", "size_dims", "tensor_names", "is_private",
 ]
 
 Number = Union[Fraction, float]
@@ -200,6 +200,22 @@ def expr_all_indices(expr: Expr) -> set:
             elif isinstance(factor, Power):
                 names |= expr_all_indices(factor.base)
     return names
+
+
+def size_dims(expr: Expr) -> set:
+    """The dimensions whose sizes an expression needs besides those of the tensors it reads:
+    those of its free indices, of its sizes (``size(B,1)``) and of its deltas, nested ones
+    included."""
+    dims = set(expr.dims)
+    for term in expr.terms:
+        for factor in term.factors:
+            if isinstance(factor, (Size, Delta)):
+                dims.add(factor.dim)
+            elif isinstance(factor, Func):
+                dims |= size_dims(factor.arg)
+            elif isinstance(factor, Power):
+                dims |= size_dims(factor.base) | size_dims(factor.exponent)
+    return dims
 
 
 def tensor_names(expr: Expr) -> list[str]:

@@ -10,7 +10,7 @@ from . import simplify as S
 from .diff import delta_seed, derive, rename_result
 from .errors import EinderivError
 from .export.text import format_indices
-from .ir import Expr, Tensor, Term, fresh_index, rename_expr, tensor_names
+from .ir import Expr, Tensor, Term, fresh_index, rename_expr, size_dims, tensor_names
 from .parser import split_tensor, _Fail, _IDENT
 from .program import Derivative, Program
 from .semantics import Analysis, Statement, analyze, underscore_hint
@@ -272,10 +272,12 @@ def _cone(statements: dict, of) -> set:
 def _used_inputs(statements, inputs: dict, members: dict, keep: set) -> tuple[dict, dict]:
     """The inputs named in ``keep`` (those the differentiated result reads, and the new
     ones: Jacobians, tangents, the cotangent), and the first other input along any
-    dimension of ``statements`` none of those carries (its size comes from that array)."""
+    dimension of ``statements`` none of those carries (its size comes from that array): an
+    axis of a result, or a size or δ inside one (``2 size(B,1)``, the second derivative of
+    ``a^2 sum_j(1) + B_ij``, reads no B but needs its size)."""
     kept = {n for n in inputs if n in keep}
     carried = {d for n in kept for d in inputs[n]}
-    wanted = {d for st in statements for d in st.dims}
+    wanted = {d for st in statements for d in set(st.dims) | size_dims(st.expr)}
     for n, dims in inputs.items():
         if n not in kept and any(d in wanted and d not in carried for d in dims):
             kept.add(n)
