@@ -1008,4 +1008,24 @@ def _contraction(subs, op_shapes, operands, kept, backend, check_bytes):
     expr = oe.contract_expression(subs, *op_shapes, optimize=path)
     if backend == "numpy":
         return expr
+    if backend == "dask":
+        unify = _dask_diagonal_chunks(parts)
+        if unify:
+            return lambda *arrays: expr(*unify(arrays), backend=backend)
     return lambda *arrays: expr(*arrays, backend=backend)
+
+
+def _dask_diagonal_chunks(parts):
+    """For dask: the operands with a repeated index (``aab``: a diagonal or a trace) get the
+    chunks of that index's first axis on its other axes. dask's einsum reads such an operand
+    block by block and fails at compute time when its axes are chunked differently (as the
+    user's arrays may be, or dask's own einsum results are). None when no operand repeats."""
+    repeats = {k: {ax: p.index(c) for ax, c in enumerate(p) if p.index(c) != ax}
+               for k, p in enumerate(parts) if len(set(p)) < len(p)}
+    if not repeats:
+        return None
+
+    def unify(arrays):
+        return [a.rechunk({ax: a.chunks[first] for ax, first in repeats[k].items()}) if k in repeats
+                else a for k, a in enumerate(arrays)]
+    return unify

@@ -10,7 +10,7 @@ from . import simplify as S
 from .diff import delta_seed, derive, rename_result
 from .errors import EinderivError
 from .export.text import format_indices
-from .ir import Expr, Func, Power, Size, Tensor, Term, fresh_index, rename_expr, tensor_names
+from .ir import Delta, Expr, Func, Power, Size, Tensor, Term, fresh_index, rename_expr, tensor_names
 from .parser import split_tensor, _Fail, _IDENT
 from .program import Derivative, Program
 from .semantics import Analysis, Statement, analyze, underscore_hint
@@ -289,8 +289,8 @@ def _used_inputs(statements, inputs: dict, members: dict, keep: set) -> tuple[di
 
 
 def _sizes_read(statements) -> set:
-    """The dimensions of every size factor in ``statements``, nested ones included (each
-    shared subexpression visited once)."""
+    """The dimensions of every size and δ factor in ``statements``, nested ones included
+    (each shared subexpression visited once): ``2 size(B,1)`` reads no B but needs its size."""
     found, seen = set(), set()
     stack = [st.expr for st in statements]
     while stack:
@@ -301,7 +301,7 @@ def _sizes_read(statements) -> set:
         for t in e.terms:
             for f in t.factors:
                 kind = type(f)
-                if kind is Size:
+                if kind is Size or kind is Delta:
                     found.add(f.dim)
                 elif kind is Func:
                     stack.append(f.arg)

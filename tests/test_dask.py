@@ -56,3 +56,30 @@ def test_delta_with_a_non_finite_diagonal_keeps_zeros_off_it():
         got = d.evaluate(backend="dask", x=da.from_array(x)).compute()
     expected = np.diag([1.0, np.inf, 0.5])
     np.testing.assert_array_equal(got, expected)
+
+
+
+def _trace_of_an_intermediate(A, x):
+    h = np.einsum("k,i->ik", A, x)
+    return np.trace(np.einsum("iv,k->kv", h, A))
+
+
+@pytest.mark.parametrize("src, shapes, reference", [
+    ("t = A_ii", {"A": (5, 5)}, lambda A: np.trace(A)),
+    ("d_ij = A_iij", {"A": (5, 5, 2)}, lambda A: np.einsum("iij->ij", A)),
+    # the trace of an intermediate that dask's own einsum chunked differently along its axes
+    ("h_ik = A_k x_i; g_kv = h_iv A_k; L = g_vv", {"A": (3,), "x": (2,)}, _trace_of_an_intermediate),
+], ids=["trace-of-an-input", "diagonal-of-an-input", "trace-of-an-intermediate"])
+def test_a_repeated_index_over_differently_chunked_axes(src, shapes, reference):
+    """dask's einsum reads the diagonal of one operand block by block and failed at compute
+    time ('Shapes do not align', or numpy's 'collapsing index' error) when that operand's axes
+    were chunked differently; einderiv gives those axes one chunking first."""
+    rng = np.random.default_rng(2)
+    arrays = {n: rng.normal(size=s) for n, s in shapes.items()}
+    # odd axes chunked by 3, even axes whole: (5, 5) -> chunks (5, 3)
+    lazy = {n: da.from_array(a, chunks=tuple(min(k, 3) if ax % 2 else k for ax, k in enumerate(a.shape)))
+            for n, a in arrays.items()}
+    want = reference(**arrays)
+    for given in (arrays, lazy):
+        got = ed.parse(src).evaluate(given, backend="dask").compute()
+        np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -1046,6 +1046,23 @@ def test_diff_of_a_derivative_that_no_longer_reads_the_variable_is_zero():
     assert got.shape == (I,) * 4 and np.all(got == 0) and np.allclose(third, 0)
 
 
+
+@pytest.mark.parametrize("src, wrt", [
+    ("L = a^2 sum_j(1) + B_ij", ["a", "a"]),
+    ("L = a^3 size(B,1) + B_ij", ["a", "a"]),
+    ("L = x_i x_i sum_j(1) + B_ij", ["x_p", "x_q"]),
+], ids=["sum-of-one", "size", "vector"])
+def test_diff_of_a_derivative_keeps_the_input_that_gives_a_size(src, wrt):
+    """d/da of 2 size(B,1) a: the second pass kept only the inputs its result reads, so
+    evaluate lost the array that gives size(B,1) and raised a KeyError ('B.1')."""
+    arrays = random_inputs({"a": (), "B": (I, J), "x": (I,)}, seed=71)
+    arrays = {n: arrays[n] for n in ed.parse(src).inputs}
+    twice = ed.diff(ed.diff(src, wrt=wrt[0]), wrt=wrt[1])
+    ref = fd_derivative(lambda **kw: ed.parse(src).evaluate(**kw), arrays, [w[0] for w in wrt])
+    assert_close(evaluate(twice, arrays, ref.shape), ref, atol_rel=ATOL_REL[2], what="diff(diff)")
+    assert_close(evaluate(ed.diff(src, wrt=wrt), arrays), ref, atol_rel=ATOL_REL[2], what="wrt list")
+
+
 NESTED_LAYOUTS = [
     # (first layout, second layout (None: not given), the whole derivative's axes, its layout)
     ("denominator", None, "prsi", "denominator"),
