@@ -107,43 +107,54 @@ def factor_key(factor, mask=frozenset()):
 # A key is flat: a tuple of ``OPEN``, ``CLOSE`` and ``(2, atom)`` items that orders exactly as
 # the nested tuple it spells out, but compares in time linear in its length (nested tuples
 # compare in time quadratic in their depth, which made deeply nested functions slow).
+# The keys are spelled out item by item below (no generators): they are built for every
+# factor of every term simplified.
 _OPEN, _CLOSE = (1,), (0,)
-_O, _C = (_OPEN,), (_CLOSE,)
+_SIZE, _DELTA, _TENSOR, _FUNC, _POWER = (2, 0), (2, 1), (2, 2), (2, 3), (2, 4)
 
 
-def _atoms(*values):
-    return tuple((2, v) for v in values)
+def _atoms(indices, mask):
+    """The atoms of index names, those in ``mask`` shown as ``*``."""
+    if not mask:
+        return [(2, i) for i in indices]
+    return [(2, "*" if i in mask else i) for i in indices]
 
 
 def _factor_key(factor, mask):
-    if isinstance(factor, Size):
-        return _O + _atoms(0, factor.dim) + _C
-    if isinstance(factor, Delta):
-        return _O + _atoms(1, _name(factor.a, mask), _name(factor.b, mask)) + _C
-    if isinstance(factor, Tensor):
-        indices = _O + _atoms(*(_name(i, mask) for i in factor.indices)) + _C
-        return _O + _atoms(2, factor.name) + indices + _C
-    if isinstance(factor, Func):
-        return _O + _atoms(3, factor.name) + expr_key(factor.arg, mask) + _C
-    if isinstance(factor, Power):
-        return _O + _atoms(4) + expr_key(factor.base, mask) + expr_key(factor.exponent, mask) + _C
+    kind = type(factor)
+    if kind is Tensor:
+        return (_OPEN, _TENSOR, (2, factor.name), _OPEN, *_atoms(factor.indices, mask), _CLOSE,
+                _CLOSE)
+    if kind is Func:
+        return (_OPEN, _FUNC, (2, factor.name), *expr_key(factor.arg, mask), _CLOSE)
+    if kind is Power:
+        return (_OPEN, _POWER, *expr_key(factor.base, mask), *expr_key(factor.exponent, mask),
+                _CLOSE)
+    if kind is Delta:
+        return (_OPEN, _DELTA, (2, _name(factor.a, mask)), (2, _name(factor.b, mask)), _CLOSE)
+    if kind is Size:
+        return (_OPEN, _SIZE, (2, factor.dim), _CLOSE)
     raise TypeError(factor)
 
 
 def expr_key(e: Expr, mask=frozenset()):
     """The flat key of ``((indices), ((coeff, (factor keys)), ...))``."""
-    inner = mask & set(e.indices) if mask else mask
-    parts = [_OPEN, _OPEN, *_atoms(*(_name(i, inner) for i in e.indices)), _CLOSE, _OPEN]
+    inner = mask.intersection(e.indices) if mask else mask
+    parts = [_OPEN, _OPEN, *_atoms(e.indices, inner), _CLOSE, _OPEN]
     for t in e.terms:
-        parts += [_OPEN, (2, _coeff_key(t.coeff)), _OPEN]
+        parts += (_OPEN, (2, _coeff_key(t.coeff)), _OPEN)
         for f in t.factors:
             parts += factor_key(f, inner)
-        parts += [_CLOSE, _CLOSE]
-    parts += [_CLOSE, _CLOSE]
+        parts += (_CLOSE, _CLOSE)
+    parts += (_CLOSE, _CLOSE)
     return tuple(parts)
 
 
 def _coeff_key(c):
+    """``float(c)``; for a Fraction the same correctly rounded quotient without the
+    generic ``numbers.Rational.__float__``."""
+    if type(c) is Fraction:
+        return c.numerator / c.denominator
     return float(c)
 
 
