@@ -90,13 +90,14 @@ def _name(index, mask):
 _KEYS: dict = {}
 
 
-def factor_key(factor, mask=frozenset()):
+def factor_key(factor, mask=frozenset(), own=None):
     """A sortable key of a factor (summed indices in ``mask`` shown as ``*``), memoized.
 
     Only the factor's own indices of ``mask`` matter, so the memo is keyed on those: the
-    factors of one long product share hits, and a hit does not compare the whole mask."""
+    factors of one long product share hits, and a hit does not compare the whole mask.
+    ``own`` is ``factor_indices(factor)`` where the caller has it already."""
     if mask:
-        mask = mask.intersection(factor_indices(factor))
+        mask = mask.intersection(factor_indices(factor) if own is None else own)
     cache_key = (factor, mask)
     key = _KEYS.get(cache_key)
     if key is None:
@@ -325,14 +326,13 @@ def _merge_powers(factors: list, free: set) -> list:
     """f^a f^b = f^(a+b) for factors over the same indices."""
     groups: dict = {}
     for n, f in enumerate(factors):
-        if isinstance(f, (Delta, Size)):
+        kind = type(f)
+        if kind is Delta or kind is Size:
             groups[("unmerged", n)] = (f, ONE)
             continue
-        base, exponent = _base_and_exponent(f)
-        if base in groups:
-            groups[base] = (base, groups[base][1] + exponent)
-        else:
-            groups[base] = (base, exponent)
+        base, exponent = _base_and_exponent(f) if kind is Power else (f, ONE)
+        seen = groups.get(base)
+        groups[base] = (base, exponent) if seen is None else (base, seen[1] + exponent)
     if len(groups) == len(factors):
         return factors
     merged = []
@@ -346,21 +346,19 @@ def _merge_powers(factors: list, free: set) -> list:
     return merged
 
 
-def _refined_keys(factors, dummies):
-    """Sort keys with summed indices masked, refined by what each summed index touches."""
-    base = [factor_key(f, dummies) for f in factors]
+def _refined_keys(factors, own, dummies):
+    """Sort keys with summed indices masked, refined by what each summed index touches
+    (``own``: the indices of each factor)."""
+    base = [factor_key(f, dummies, idx) for f, idx in zip(factors, own)]
     touches = {d: [] for d in dummies}
-    for key, f in zip(base, factors):
-        for index in factor_indices(f):
+    for key, idx in zip(base, own):
+        for index in idx:
             if index in touches:
                 touches[index].append(key)
-    for d in touches:
-        touches[d].sort()
-    refined = []
-    for key, f in zip(base, factors):
-        neighbours = tuple(tuple(touches[i]) for i in factor_indices(f) if i in touches)
-        refined.append((key, neighbours))
-    return refined
+    for keys in touches.values():
+        keys.sort()
+    return [(key, tuple([tuple(touches[i]) for i in idx if i in touches]))
+            for key, idx in zip(base, own)]
 
 
 def _index_sequence(factor):
@@ -426,30 +424,36 @@ def _canonical_names(free):
             yield name
 
 
-def _canonicalize(coeff, factors: list, free: set) -> Term:
+def _canonicalize(factors: list, free: frozenset) -> tuple:
     """Canonical order of factors and canonical names for summed indices."""
-    factors = [_settle(f) for f in factors]   # nested sums left with moved names
-    indices = set()
-    for f in factors:
-        indices.update(factor_indices(f))
-    dummies = frozenset(indices - free)
+    # nested sums left with moved names
+    factors = [_settle(f) if type(f) in _NESTED else f for f in factors]
+    own = [factor_indices(f) for f in factors]
+    dummies = frozenset().union(*own).difference(free)
     if dummies:
-        order = sorted(zip(_refined_keys(factors, dummies), range(len(factors))))
+        if len(factors) == 1:
+            order = (0,)
+        else:
+            order = [k for _, k in sorted(zip(_refined_keys(factors, own, dummies),
+                                              range(len(factors))))]
         names = _canonical_names(free)
         mapping = {}
-        for _, k in order:
-            for index in _index_sequence(factors[k]):
+        for k in order:
+            f = factors[k]
+            for index in f.indices if type(f) is Tensor else _index_sequence(f):
                 if index in dummies and index not in mapping:
                     mapping[index] = next(names)
-        if all(mapping[d] == d for d in dummies):
-            factors.sort(key=factor_key)
-            return Term(coeff, tuple(factors))
         # one simultaneous rename, so canonical names never capture each other
-        rename = {d: mapping[d] for d in dummies if mapping[d] != d}
-        factors = [_settle(rename_factor(f, rename), renamed=True)
-                   if not dummies.isdisjoint(factor_indices(f)) else f for f in factors]
-    factors.sort(key=factor_key)
-    return Term(coeff, tuple(factors))
+        rename = {d: name for d, name in mapping.items() if name != d}
+        if rename:
+            factors = [_settle(rename_factor(f, rename), renamed=True)
+                       if not dummies.isdisjoint(idx) else f for f, idx in zip(factors, own)]
+    if len(factors) > 1:
+        factors.sort(key=factor_key)
+    return tuple(factors)
+
+
+_NESTED = (Func, Power)
 
 
 _NORMAL: dict = {}
@@ -465,8 +469,8 @@ def _normalized(coeff, factors: tuple, free: frozenset):
     """(coefficient, canonical factors) of a product, or None if it is zero."""
     if coeff is not ONE:
         coeff = _within_float(coeff) if type(coeff) is Fraction else _number(coeff)
-    if not coeff:
-        return None
+        if not coeff:
+            return None
     key = (factors, free)
     hit = _NORMAL.get(key)
     if hit is None:
@@ -482,12 +486,16 @@ def _normalized(coeff, factors: tuple, free: frozenset):
 def _normalize_factors(factors: list, free):
     """(multiplier, canonical factors) of a product, or False when it is zero."""
     coeff = ONE
+    has_delta = False
     for f in factors:
-        if isinstance(f, Power) and is_zero(f.base):
+        kind = type(f)
+        if kind is Power and is_zero(f.base):
             n = const_value(f.exponent)
             if n is not None and n > 0:
                 return False
-    if any(isinstance(f, Delta) for f in factors):
+        elif kind is Delta:
+            has_delta = True
+    if has_delta:
         before = {f for f in factors if isinstance(f, (Func, Power))}   # a set: n cos factors
         _eliminate_deltas(factors, free)
         if before and any(isinstance(f, (Func, Power)) for f in factors):
@@ -506,9 +514,7 @@ def _normalize_factors(factors: list, free):
                 else:
                     rebuilt.append(f)
             factors = rebuilt
-    factors = _merge_powers(factors, free)
-    term = _canonicalize(coeff, factors, free)
-    return term.coeff, term.factors
+    return coeff, _canonicalize(_merge_powers(factors, free), free)
 
 
 def expr(dims: dict, terms) -> Expr:
@@ -529,15 +535,17 @@ def expr(dims: dict, terms) -> Expr:
                 avoid = free | set(factor_indices(lone))
                 pending.extend(Term(times(coeff, g.coeff), g.factors) for g in _lift(lone.base, avoid))
                 continue
-        old = merged.get(factors)
-        merged[factors] = coeff if old is None else _number(old + coeff)
+        count = len(merged)
+        old = merged.setdefault(factors, coeff)
+        if len(merged) == count:   # like terms: add the coefficients
+            merged[factors] = _number(old + coeff)
     if len(merged) > MAX_TERMS:
         raise EinderivError(
             f"the expression grew to {len(merged)} terms (limit {MAX_TERMS}); "
             "differentiate fewer times or simplify the formula")
-    kept = [Term(c, f) for f, c in merged.items() if c]   # a coefficient that is not 0
+    kept = [Term(c, f) for f, c in merged.items() if c is ONE or c]   # a coefficient not 0
     if len(kept) > 1:
-        kept.sort(key=lambda t: (tuple(factor_key(f) for f in t.factors), _coeff_key(t.coeff)))
+        kept.sort(key=lambda t: (tuple([factor_key(f) for f in t.factors]), _coeff_key(t.coeff)))
     order = tuple(sorted(free))
     return Expr(order, tuple(dims[i] for i in order), tuple(kept))
 
