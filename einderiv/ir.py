@@ -48,11 +48,13 @@ def _cached_identity(*fields):
 
     def decorate(cls):
         cls.__init__ = _slot_init(cls, fields)
+        set_hash = cls._hash.__set__   # the slot's own setter: the node is frozen
+
         def __hash__(self):
             h = self._hash
             if not h:
                 h = hash(key(self)) or 1
-                object.__setattr__(self, "_hash", h)
+                set_hash(self, h)
             return h
 
         def __eq__(self, other):
@@ -73,7 +75,7 @@ def _slot_init(cls, fields):
     The dataclass ``__init__`` of a frozen class calls ``object.__setattr__`` once per
     field, which made building a node about 2.5 times slower (a derivative builds hundreds);
     assigning to a field afterwards still raises ``FrozenInstanceError``."""
-    set_hash = getattr(cls, "_hash").__set__
+    set_hash = cls._hash.__set__
     if len(fields) == 2:
         set_a, set_b = (getattr(cls, f).__set__ for f in fields)
 

@@ -164,7 +164,7 @@ def _coeff_key(c):
 def zero(dims: dict | None = None) -> Expr:
     dims = dims or {}
     order = tuple(sorted(dims))
-    return Expr(order, tuple(dims[i] for i in order), ())
+    return Expr(order, tuple(map(dims.__getitem__, order)), ())
 
 
 def const(value, dims: dict | None = None) -> Expr:
@@ -173,7 +173,7 @@ def const(value, dims: dict | None = None) -> Expr:
         return zero(dims)
     dims = dims or {}
     order = tuple(sorted(dims))
-    return Expr(order, tuple(dims[i] for i in order), (Term(value, ()),))
+    return Expr(order, tuple(map(dims.__getitem__, order)), (Term(value, ()),))
 
 
 def is_zero(e: Expr) -> bool:
@@ -196,7 +196,7 @@ def factor_expr(factor) -> Expr:
     if type(factor) is Tensor:  # already canonical: no δ, no power, every index free
         dims = dict(zip(factor.indices, factor.dims))
         order = tuple(sorted(dims))
-        return Expr(order, tuple(dims[i] for i in order), (Term(ONE, (factor,)),))
+        return Expr(order, tuple(map(dims.__getitem__, order)), (Term(ONE, (factor,)),))
     return expr(factor_dims(factor), [Term(ONE, (factor,))])
 
 
@@ -324,6 +324,15 @@ def _common_factor(coeffs):
 
 def _merge_powers(factors: list, free: set) -> list:
     """f^a f^b = f^(a+b) for factors over the same indices."""
+    if len(factors) < 2:
+        return factors
+    for f in factors:
+        if type(f) is Power:
+            break
+    else:   # no powers: only a repeated factor merges
+        kept = [f for f in factors if type(f) is not Delta and type(f) is not Size]
+        if len(set(kept)) == len(kept):
+            return factors
     groups: dict = {}
     for n, f in enumerate(factors):
         kind = type(f)
@@ -520,6 +529,13 @@ def _normalize_factors(factors: list, free):
 def expr(dims: dict, terms) -> Expr:
     """The canonical Expr over the index set ``dims`` (index → dimension) with these terms."""
     free = frozenset(dims)
+    if not isinstance(terms, (list, tuple)):
+        terms = list(terms)
+    if len(terms) == 1:
+        lone = _lone_term(terms[0], free)
+        if lone is not None:
+            order = tuple(sorted(free))
+            return Expr(order, tuple(map(dims.__getitem__, order)), lone)
     merged: dict = {}
     pending = list(terms)
     while pending:
@@ -547,7 +563,21 @@ def expr(dims: dict, terms) -> Expr:
     if len(kept) > 1:
         kept.sort(key=lambda t: (tuple([factor_key(f) for f in t.factors]), _coeff_key(t.coeff)))
     order = tuple(sorted(free))
-    return Expr(order, tuple(dims[i] for i in order), tuple(kept))
+    return Expr(order, tuple(map(dims.__getitem__, order)), tuple(kept))
+
+
+def _lone_term(term, free):
+    """The terms of the Expr made of one term, when that needs no merging: ``()`` for a
+    zero, ``(term,)`` for a product; None when it is a lone parenthesized sum, which
+    :func:`expr` spreads into its terms."""
+    hit = _normalized(term.coeff, term.factors, free)
+    if hit is None:
+        return ()
+    coeff, factors = hit
+    if (len(factors) == 1 and type(factors[0]) is Power and len(factors[0].base.terms) > 1
+            and const_value(factors[0].exponent) == 1):
+        return None
+    return (Term(coeff, factors),) if coeff is ONE or coeff else ()
 
 
 # --- algebra ---------------------------------------------------------------------------------
