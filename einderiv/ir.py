@@ -258,7 +258,8 @@ def tensor_names(expr: Expr) -> list[str]:
 
 def rename_factor(factor, mapping: dict):
     if type(factor) is Tensor:
-        return Tensor(factor.name, tuple(mapping.get(i, i) for i in factor.indices), factor.dims)
+        return Tensor(factor.name, tuple(map(mapping.get, factor.indices, factor.indices)),
+                      factor.dims)
     if isinstance(factor, Delta):
         a, b = mapping.get(factor.a, factor.a), mapping.get(factor.b, factor.b)
         if b < a:

@@ -8,6 +8,7 @@ folded, and summed indices get canonical names so that like terms merge and zero
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 
@@ -95,7 +96,11 @@ def factor_key(factor, mask=frozenset(), own=None):
 
     Only the factor's own indices of ``mask`` matter, so the memo is keyed on those: the
     factors of one long product share hits, and a hit does not compare the whole mask.
-    ``own`` is ``factor_indices(factor)`` where the caller has it already."""
+    ``own`` is ``factor_indices(factor)`` where the caller has it already. The key of a
+    tensor, a δ or a size is short: spelling it out costs less than a memo lookup."""
+    kind = type(factor)
+    if kind is Tensor or kind is Delta or kind is Size:
+        return _factor_key(factor, mask)
     if mask:
         mask = mask.intersection(factor_indices(factor) if own is None else own)
     cache_key = (factor, mask)
@@ -114,11 +119,14 @@ _OPEN, _CLOSE = (1,), (0,)
 _SIZE, _DELTA, _TENSOR, _FUNC, _POWER = (2, 0), (2, 1), (2, 2), (2, 3), (2, 4)
 
 
+_TWO = itertools.repeat(2)
+
+
 def _atoms(indices, mask):
-    """The atoms of index names, those in ``mask`` shown as ``*``."""
-    if not mask:
-        return [(2, i) for i in indices]
-    return [(2, "*" if i in mask else i) for i in indices]
+    """The atoms of index names, those in ``mask`` shown as ``*`` (an iterator)."""
+    if mask and not mask.isdisjoint(indices):
+        indices = ["*" if i in mask else i for i in indices]
+    return zip(_TWO, indices)
 
 
 def _factor_key(factor, mask):
@@ -424,6 +432,9 @@ def _settle(f, renamed=False):
     return f
 
 
+_DUMMY_NAMES = tuple(f"_d{n}" for n in range(16))   # the first canonical names, when free
+
+
 def _canonical_names(free):
     n = 0
     while True:
@@ -445,7 +456,9 @@ def _canonicalize(factors: list, free: frozenset) -> tuple:
         else:
             order = [k for _, k in sorted(zip(_refined_keys(factors, own, dummies),
                                               range(len(factors))))]
-        names = _canonical_names(free)
+        names = _DUMMY_NAMES[:len(dummies)]
+        names = iter(names) if len(names) == len(dummies) and free.isdisjoint(names) \
+            else _canonical_names(free)
         mapping = {}
         for k in order:
             f = factors[k]
