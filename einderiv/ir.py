@@ -257,20 +257,27 @@ def tensor_names(expr: Expr) -> list[str]:
 # --- renaming -------------------------------------------------------------------------------
 
 def rename_factor(factor, mapping: dict):
-    if type(factor) is Tensor:
-        return Tensor(factor.name, tuple(map(mapping.get, factor.indices, factor.indices)),
-                      factor.dims)
-    if isinstance(factor, Delta):
+    """A factor with its indices renamed by ``mapping``; the factor itself where none is."""
+    kind = type(factor)
+    if kind is Tensor:
+        indices = factor.indices
+        renamed = tuple(map(mapping.get, indices, indices))
+        return factor if renamed == indices else Tensor(factor.name, renamed, factor.dims)
+    if kind is Delta:
         a, b = mapping.get(factor.a, factor.a), mapping.get(factor.b, factor.b)
         if b < a:
             a, b = b, a
+        if a == factor.a and b == factor.b:
+            return factor
         return Delta(a, b, factor.dim)
-    if isinstance(factor, Size):
+    if kind is Size:
         return factor
-    if isinstance(factor, Func):
-        return Func(factor.name, rename_expr(factor.arg, mapping))
-    if isinstance(factor, Power):
-        return Power(rename_expr(factor.base, mapping), factor.exponent)
+    if kind is Func:
+        arg = rename_expr(factor.arg, mapping)
+        return factor if arg is factor.arg else Func(factor.name, arg)
+    if kind is Power:
+        base = rename_expr(factor.base, mapping)
+        return factor if base is factor.base else Power(base, factor.exponent)
     raise TypeError(f"not a factor: {factor!r}")
 
 
@@ -278,7 +285,10 @@ def rename_term(term: Term, mapping: dict) -> Term:
     """Rename indices of a term (free and summed alike); the caller avoids capture."""
     if not mapping:
         return term
-    return Term(term.coeff, tuple(rename_factor(f, mapping) for f in term.factors))
+    factors = [rename_factor(f, mapping) for f in term.factors]
+    if all(map(operator.is_, factors, term.factors)):
+        return term
+    return Term(term.coeff, tuple(factors))
 
 
 def rename_expr(expr: Expr, mapping: dict) -> Expr:
