@@ -39,12 +39,14 @@ def is_private(index: str) -> bool:
     return index.startswith("_")
 
 
-def _cached_identity(*fields):
+def _cached_identity(*fields, hashed=None):
     """Class decorator: ``__hash__`` computed once and cached in ``_hash`` (nodes are dictionary
     keys all through simplification), and ``__eq__`` that compares the cached hashes first, so
     unequal deep nodes differ in O(1) instead of a walk down both trees. The class's
-    ``__init__`` takes ``fields`` in order (see :func:`_slot_init`)."""
+    ``__init__`` takes ``fields`` in order (see :func:`_slot_init`). ``hashed(node)``, where
+    given, is what is hashed: a tuple that hashes as the fields do."""
     key = operator.attrgetter(*fields)
+    hashed = hashed or key
 
     def decorate(cls):
         cls.__init__ = _slot_init(cls, fields)
@@ -53,7 +55,7 @@ def _cached_identity(*fields):
         def __hash__(self):
             h = self._hash
             if not h:
-                h = hash(key(self)) or 1
+                h = hash(hashed(self)) or 1
                 set_hash(self, h)
             return h
 
@@ -143,7 +145,17 @@ class Power:
 Factor = Union[Tensor, Delta, Size, Func, Power]
 
 
-@_cached_identity("coeff", "factors")
+ONE = Fraction(1)   # the coefficient of most terms
+
+
+def _term_hashed(term):
+    """(coeff, factors), with 1 for the shared ONE: hash(1) == hash(ONE), and
+    Fraction.__hash__ (a modular inverse in Python) is not run for every term."""
+    coeff = term.coeff
+    return (1 if coeff is ONE else coeff, term.factors)
+
+
+@_cached_identity("coeff", "factors", hashed=_term_hashed)
 @dataclass(frozen=True, slots=True, init=False)
 class Term:
     """``coeff · f1 · f2 ···``, summed over its indices that its Expr does not carry."""

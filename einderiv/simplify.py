@@ -14,7 +14,7 @@ from fractions import Fraction
 
 from .errors import EinderivError
 from .ir import (
-    Delta, Expr, Func, Power, Size, Tensor, Term, factor_dims, factor_indices, fresh_index,
+    ONE, Delta, Expr, Func, Power, Size, Tensor, Term, factor_dims, factor_indices, fresh_index,
     remember, rename_factor, rename_term, term_dims, term_indices,
 )
 
@@ -24,7 +24,6 @@ __all__ = [
 ]
 
 MAX_TERMS = 20000  # a derivative growing past this many terms raises instead of hanging
-ONE = Fraction(1)
 
 
 def _number(value):
@@ -94,19 +93,25 @@ _KEYS: dict = {}
 def factor_key(factor, mask=frozenset(), own=None):
     """A sortable key of a factor (summed indices in ``mask`` shown as ``*``), memoized.
 
-    Only the factor's own indices of ``mask`` matter, so the memo is keyed on those: the
-    factors of one long product share hits, and a hit does not compare the whole mask.
-    ``own`` is ``factor_indices(factor)`` where the caller has it already. The key of a
-    tensor, a δ or a size is short: spelling it out costs less than a memo lookup."""
-    kind = type(factor)
-    if kind is Tensor or kind is Delta or kind is Size:
-        return _factor_key(factor, mask)
+    The key without a mask is memoized under the factor itself. With one, only the factor's
+    own indices of ``mask`` matter, so the memo is keyed on those: the factors of one long
+    product share hits, and a hit does not compare the whole mask. ``own`` is
+    ``factor_indices(factor)`` where the caller has it already. A masked key of a tensor, a
+    δ or a size is short: spelling it out costs less than a memo lookup."""
     if mask:
+        kind = type(factor)
+        if kind is Tensor or kind is Delta or kind is Size:
+            return _factor_key(factor, mask)
         mask = mask.intersection(factor_indices(factor) if own is None else own)
-    cache_key = (factor, mask)
-    key = _KEYS.get(cache_key)
+        if mask:
+            cache_key = (factor, mask)
+            key = _KEYS.get(cache_key)
+            if key is None:
+                key = remember(_KEYS, cache_key, _factor_key(factor, mask))
+            return key
+    key = _KEYS.get(factor)
     if key is None:
-        key = remember(_KEYS, cache_key, _factor_key(factor, mask))
+        key = remember(_KEYS, factor, _factor_key(factor, mask))
     return key
 
 
@@ -162,6 +167,8 @@ def expr_key(e: Expr, mask=frozenset()):
 def _coeff_key(c):
     """``float(c)``; for a Fraction the same correctly rounded quotient without the
     generic ``numbers.Rational.__float__``."""
+    if c is ONE:
+        return 1.0
     if type(c) is Fraction:
         return c.numerator / c.denominator
     return float(c)
