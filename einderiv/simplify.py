@@ -458,8 +458,11 @@ def _canonicalize(factors: list, free: frozenset) -> tuple:
     own = [factor_indices(f) for f in factors]
     dummies = frozenset().union(*own).difference(free)
     if dummies:
-        if len(factors) == 1:
-            order = (0,)
+        holders = [k for k, idx in enumerate(own) if not dummies.isdisjoint(idx)]
+        if len(holders) == 1 or len(dummies) == 1:
+            # one factor holds every summed index, or there is one: its names do not
+            # depend on the order of the factors
+            order = holders[:1]
         else:
             order = [k for _, k in sorted(zip(_refined_keys(factors, own, dummies),
                                               range(len(factors))))]
