@@ -341,13 +341,15 @@ def _renamed(expr: Expr, mapping: dict) -> Expr:
     targets = set(mapping.values())
     new_terms = []
     for term in expr.terms:
-        local = dict(mapping)
+        local = mapping
         for index in term_indices(term):
-            if index not in expr.indices and index in targets:
+            if index in targets and index not in expr.indices:
+                if local is mapping:
+                    local = dict(mapping)
                 local[index] = fresh_index()  # a summed index would be captured: move it
         new_terms.append(rename_term(term, local))
     new_dims = {}
     for index, dim in zip(expr.indices, expr.dims):
         new_dims.setdefault(mapping.get(index, index), dim)
     order = tuple(sorted(new_dims))
-    return Expr(order, tuple(new_dims[i] for i in order), tuple(new_terms))
+    return Expr(order, tuple(map(new_dims.__getitem__, order)), tuple(new_terms))

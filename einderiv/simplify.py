@@ -503,6 +503,9 @@ def _normalized(coeff, factors: tuple, free: frozenset):
         coeff = _within_float(coeff) if type(coeff) is Fraction else _number(coeff)
         if not coeff:
             return None
+    if len(factors) < 2 and (not factors or (type(factors[0]) is Tensor
+                                              and free.issuperset(factors[0].indices))):
+        return coeff, factors   # a number, or one tensor over free indices: nothing to do
     key = (factors, free)
     hit = _NORMAL.get(key)
     if hit is None:
