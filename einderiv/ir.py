@@ -66,7 +66,12 @@ def _cached_identity(*fields, hashed=None):
                 return NotImplemented
             return hash(self) == hash(other) and key(self) == key(other)
 
-        cls.__hash__, cls.__eq__ = __hash__, __eq__
+        def __reduce__(self):
+            """Pickled by its fields, without the cached hash: a str hashes differently in
+            another process, where a stale hash made equal nodes unequal."""
+            return cls, key(self)
+
+        cls.__hash__, cls.__eq__, cls.__reduce__ = __hash__, __eq__, __reduce__
         return cls
     return decorate
 
