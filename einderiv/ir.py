@@ -11,6 +11,7 @@ node that exists is already canonical.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import operator
 from dataclasses import dataclass, field
@@ -38,18 +39,24 @@ def is_private(index: str) -> bool:
     return index.startswith("_")
 
 
-def _cached_identity(*fields):
+def _cached_identity(*fields, hashed=None):
     """Class decorator: ``__hash__`` computed once and cached in ``_hash`` (nodes are dictionary
     keys all through simplification), and ``__eq__`` that compares the cached hashes first, so
-    unequal deep nodes differ in O(1) instead of a walk down both trees."""
+    unequal deep nodes differ in O(1) instead of a walk down both trees. The class's
+    ``__init__`` takes ``fields`` in order (see :func:`_slot_init`). ``hashed(node)``, where
+    given, is what is hashed: a tuple that hashes as the fields do."""
     key = operator.attrgetter(*fields)
+    hashed = hashed or key
 
     def decorate(cls):
+        cls.__init__ = _slot_init(cls, fields)
+        set_hash = cls._hash.__set__   # the slot's own setter: the node is frozen
+
         def __hash__(self):
             h = self._hash
             if not h:
-                h = hash(key(self)) or 1
-                object.__setattr__(self, "_hash", h)
+                h = hash(hashed(self)) or 1
+                set_hash(self, h)
             return h
 
         def __eq__(self, other):
@@ -59,13 +66,46 @@ def _cached_identity(*fields):
                 return NotImplemented
             return hash(self) == hash(other) and key(self) == key(other)
 
-        cls.__hash__, cls.__eq__ = __hash__, __eq__
+        def __reduce__(self):
+            """Pickled by its fields, without the cached hash: a str hashes differently in
+            another process, where a stale hash made equal nodes unequal."""
+            return cls, key(self)
+
+        cls.__hash__, cls.__eq__, cls.__reduce__ = __hash__, __eq__, __reduce__
         return cls
     return decorate
 
 
+def _slot_init(cls, fields):
+    """An ``__init__`` that sets the slots of a frozen node through their descriptors.
+
+    The dataclass ``__init__`` of a frozen class calls ``object.__setattr__`` once per
+    field, which made building a node about 2.5 times slower (a derivative builds hundreds);
+    assigning to a field afterwards still raises ``FrozenInstanceError``."""
+    set_hash = cls._hash.__set__
+    if len(fields) == 2:
+        set_a, set_b = (getattr(cls, f).__set__ for f in fields)
+
+        def __init__(self, a, b):
+            set_a(self, a)
+            set_b(self, b)
+            set_hash(self, 0)
+        return __init__
+    set_a, set_b, set_c = (getattr(cls, f).__set__ for f in fields)
+    default = {f.name: f.default for f in dataclasses.fields(cls)}[fields[2]]
+
+    def __init__(self, a, b, c=default):
+        if c is dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}() needs its {fields[2]}")
+        set_a(self, a)
+        set_b(self, b)
+        set_c(self, c)
+        set_hash(self, 0)
+    return __init__
+
+
 @_cached_identity("name", "indices", "dims")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Tensor:
     """An input or intermediate tensor ``A_ij``; repeated indices read its diagonal."""
     name: str
@@ -90,7 +130,7 @@ class Size:
 
 
 @_cached_identity("name", "arg")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Func:
     """An elementwise function of an expression: its indices are the argument's."""
     name: str
@@ -99,7 +139,7 @@ class Func:
 
 
 @_cached_identity("base", "exponent")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Power:
     """``base ^ exponent`` elementwise; the exponent is an expression without indices."""
     base: "Expr"
@@ -110,8 +150,18 @@ class Power:
 Factor = Union[Tensor, Delta, Size, Func, Power]
 
 
-@_cached_identity("coeff", "factors")
-@dataclass(frozen=True, slots=True)
+ONE = Fraction(1)   # the coefficient of most terms
+
+
+def _term_hashed(term):
+    """(coeff, factors), with 1 for the shared ONE: hash(1) == hash(ONE), and
+    Fraction.__hash__ (a modular inverse in Python) is not run for every term."""
+    coeff = term.coeff
+    return (1 if coeff is ONE else coeff, term.factors)
+
+
+@_cached_identity("coeff", "factors", hashed=_term_hashed)
+@dataclass(frozen=True, slots=True, init=False)
 class Term:
     """``coeff · f1 · f2 ···``, summed over its indices that its Expr does not carry."""
     coeff: Number
@@ -120,7 +170,7 @@ class Term:
 
 
 @_cached_identity("indices", "dims", "terms")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Expr:
     """A sum of terms over the index set ``indices`` (sorted), with dimensions ``dims``."""
     indices: tuple[str, ...]
@@ -224,19 +274,27 @@ def tensor_names(expr: Expr) -> list[str]:
 # --- renaming -------------------------------------------------------------------------------
 
 def rename_factor(factor, mapping: dict):
-    if type(factor) is Tensor:
-        return Tensor(factor.name, tuple(mapping.get(i, i) for i in factor.indices), factor.dims)
-    if isinstance(factor, Delta):
+    """A factor with its indices renamed by ``mapping``; the factor itself where none is."""
+    kind = type(factor)
+    if kind is Tensor:
+        indices = factor.indices
+        renamed = tuple(map(mapping.get, indices, indices))
+        return factor if renamed == indices else Tensor(factor.name, renamed, factor.dims)
+    if kind is Delta:
         a, b = mapping.get(factor.a, factor.a), mapping.get(factor.b, factor.b)
         if b < a:
             a, b = b, a
+        if a == factor.a and b == factor.b:
+            return factor
         return Delta(a, b, factor.dim)
-    if isinstance(factor, Size):
+    if kind is Size:
         return factor
-    if isinstance(factor, Func):
-        return Func(factor.name, rename_expr(factor.arg, mapping))
-    if isinstance(factor, Power):
-        return Power(rename_expr(factor.base, mapping), factor.exponent)
+    if kind is Func:
+        arg = rename_expr(factor.arg, mapping)
+        return factor if arg is factor.arg else Func(factor.name, arg)
+    if kind is Power:
+        base = rename_expr(factor.base, mapping)
+        return factor if base is factor.base else Power(base, factor.exponent)
     raise TypeError(f"not a factor: {factor!r}")
 
 
@@ -244,7 +302,10 @@ def rename_term(term: Term, mapping: dict) -> Term:
     """Rename indices of a term (free and summed alike); the caller avoids capture."""
     if not mapping:
         return term
-    return Term(term.coeff, tuple(rename_factor(f, mapping) for f in term.factors))
+    factors = [rename_factor(f, mapping) for f in term.factors]
+    if all(map(operator.is_, factors, term.factors)):
+        return term
+    return Term(term.coeff, tuple(factors))
 
 
 def rename_expr(expr: Expr, mapping: dict) -> Expr:
@@ -285,13 +346,15 @@ def _renamed(expr: Expr, mapping: dict) -> Expr:
     targets = set(mapping.values())
     new_terms = []
     for term in expr.terms:
-        local = dict(mapping)
+        local = mapping
         for index in term_indices(term):
-            if index not in expr.indices and index in targets:
+            if index in targets and index not in expr.indices:
+                if local is mapping:
+                    local = dict(mapping)
                 local[index] = fresh_index()  # a summed index would be captured: move it
         new_terms.append(rename_term(term, local))
     new_dims = {}
     for index, dim in zip(expr.indices, expr.dims):
         new_dims.setdefault(mapping.get(index, index), dim)
     order = tuple(sorted(new_dims))
-    return Expr(order, tuple(new_dims[i] for i in order), tuple(new_terms))
+    return Expr(order, tuple(map(new_dims.__getitem__, order)), tuple(new_terms))

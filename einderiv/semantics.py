@@ -43,12 +43,14 @@ class _UnionFind:
         self.parent = {}
 
     def find(self, x):
-        self.parent.setdefault(x, x)
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
+        parent = self.parent
+        root = parent.setdefault(x, x)
+        if root is x:
+            return x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
         return root
 
     def union(self, a, b):
@@ -122,9 +124,11 @@ def analyze(text: str, sizes=None) -> Analysis:
         if len(set(st.indices)) != len(st.indices):
             raise syntax_error(text, f"a left-hand index repeats in '{st.name}': "
                                f"{' '.join(st.indices)}", st.line, st.column)
+        rhs_indices = set()
         for node in _walk(st.rhs):
             if node.kind == "tensor":
                 name, idx = node.value
+                rhs_indices.update(idx)
                 if name == st.name:
                     raise syntax_error(text, f"'{name}' is used in its own definition",
                                        node.line, node.column)
@@ -152,19 +156,15 @@ def analyze(text: str, sizes=None) -> Analysis:
                 a, b = node.value
                 uf.union(("I", n, a), ("I", n, b))
                 index_names.update((a, b))
+                rhs_indices.update((a, b))
             elif node.kind == "sum":
                 for index in node.value:
                     uf.find(("I", n, index))
                     index_names.add(index)
+                rhs_indices.update(node.value)
             elif node.kind == "size":
                 name, axis = node.value
                 size_refs.append((name, axis, node, n))
-        rhs_indices = set()
-        for node in _walk(st.rhs):
-            if node.kind == "tensor":
-                rhs_indices.update(node.value[1])
-            elif node.kind in ("delta", "sum"):
-                rhs_indices.update(node.value)
         for axis, index in enumerate(st.indices):
             if index not in rhs_indices and index not in sizes:
                 absent.append((n, index))
@@ -186,9 +186,10 @@ def analyze(text: str, sizes=None) -> Analysis:
         for axis in range(input_ndim[name][0]):
             root = uf.find(("T", name, axis))
             reps.setdefault(root, f"{name}.{axis}")
-    for key in list(uf.parent):
-        if key[0] == "I" and key[2] in sizes:
-            reps.setdefault(uf.find(key), f"={key[2]}")
+    # the index keys that sizes= gives a size
+    sized = [key for key in uf.parent if key[0] == "I" and key[2] in sizes] if sizes else []
+    for key in sized:
+        reps.setdefault(uf.find(key), f"={key[2]}")
     for n, index in absent:
         if uf.find(("I", n, index)) not in reps:  # another statement may size it
             st = stmts[n]
@@ -202,9 +203,8 @@ def analyze(text: str, sizes=None) -> Analysis:
             members.setdefault(reps[uf.find(key)], []).append((name, axis, index, line))
     reach = _sizes_reach(uf, reps, sizes)
     given: dict = {}
-    for key in list(uf.parent):
-        if key[0] == "I" and key[2] in sizes and reps[uf.find(key)] in reach[key[2]]:
-            # within one statement, one dimension, one size
+    for key in sized:   # within one statement, one dimension, one size
+        if reps[uf.find(key)] in reach[key[2]]:
             given.setdefault((key[1], reps[uf.find(key)]), {})[key[2]] = sizes[key[2]]
     for (n, dim_name), named in given.items():
         if len(set(named.values())) > 1:
@@ -216,12 +216,11 @@ def analyze(text: str, sizes=None) -> Analysis:
                                  f"run along one dimension{tie}, so they need one size")
     # sizes= names the dimensions no input carries, and is checked at evaluate against the
     # arrays along every dimension it names
-    for key in list(uf.parent):
-        if key[0] == "I" and key[2] in sizes:
-            entry = ("sizes", None, key[2], None)
-            group = members.setdefault(reps[uf.find(key)], [])
-            if entry not in group:
-                group.append(entry)
+    for key in sized:
+        entry = ("sizes", None, key[2], None)
+        group = members.setdefault(reps[uf.find(key)], [])
+        if entry not in group:
+            group.append(entry)
 
     def dim(n, index, line=None, column=None):
         root = uf.find(("I", n, index))

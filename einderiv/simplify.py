@@ -8,12 +8,13 @@ folded, and summed indices get canonical names so that like terms merge and zero
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 
 from .errors import EinderivError
 from .ir import (
-    Delta, Expr, Func, Power, Size, Tensor, Term, factor_dims, factor_indices, fresh_index,
+    ONE, Delta, Expr, Func, Power, Size, Tensor, Term, factor_dims, factor_indices, fresh_index,
     remember, rename_factor, rename_term, term_dims, term_indices,
 )
 
@@ -23,7 +24,6 @@ __all__ = [
 ]
 
 MAX_TERMS = 20000  # a derivative growing past this many terms raises instead of hanging
-ONE = Fraction(1)
 
 
 def _number(value):
@@ -90,60 +90,87 @@ def _name(index, mask):
 _KEYS: dict = {}
 
 
-def factor_key(factor, mask=frozenset()):
+def factor_key(factor, mask=frozenset(), own=None):
     """A sortable key of a factor (summed indices in ``mask`` shown as ``*``), memoized.
 
-    Only the factor's own indices of ``mask`` matter, so the memo is keyed on those: the
-    factors of one long product share hits, and a hit does not compare the whole mask."""
+    The key without a mask is memoized under the factor itself. With one, only the factor's
+    own indices of ``mask`` matter, so the memo is keyed on those: the factors of one long
+    product share hits, and a hit does not compare the whole mask. ``own`` is
+    ``factor_indices(factor)`` where the caller has it already. A masked key of a tensor, a
+    δ or a size is short: spelling it out costs less than a memo lookup."""
     if mask:
-        mask = mask.intersection(factor_indices(factor))
-    cache_key = (factor, mask)
-    key = _KEYS.get(cache_key)
+        kind = type(factor)
+        if kind is Tensor or kind is Delta or kind is Size:
+            return _factor_key(factor, mask)
+        mask = mask.intersection(factor_indices(factor) if own is None else own)
+        if mask:
+            cache_key = (factor, mask)
+            key = _KEYS.get(cache_key)
+            if key is None:
+                key = remember(_KEYS, cache_key, _factor_key(factor, mask))
+            return key
+    key = _KEYS.get(factor)
     if key is None:
-        key = remember(_KEYS, cache_key, _factor_key(factor, mask))
+        key = remember(_KEYS, factor, _factor_key(factor, mask))
     return key
 
 
 # A key is flat: a tuple of ``OPEN``, ``CLOSE`` and ``(2, atom)`` items that orders exactly as
 # the nested tuple it spells out, but compares in time linear in its length (nested tuples
 # compare in time quadratic in their depth, which made deeply nested functions slow).
+# The keys are spelled out item by item below (no generators): they are built for every
+# factor of every term simplified.
 _OPEN, _CLOSE = (1,), (0,)
-_O, _C = (_OPEN,), (_CLOSE,)
+_SIZE, _DELTA, _TENSOR, _FUNC, _POWER = (2, 0), (2, 1), (2, 2), (2, 3), (2, 4)
 
 
-def _atoms(*values):
-    return tuple((2, v) for v in values)
+_TWO = itertools.repeat(2)
+
+
+def _atoms(indices, mask):
+    """The atoms of index names, those in ``mask`` shown as ``*`` (an iterator)."""
+    if mask and not mask.isdisjoint(indices):
+        indices = ["*" if i in mask else i for i in indices]
+    return zip(_TWO, indices)
 
 
 def _factor_key(factor, mask):
-    if isinstance(factor, Size):
-        return _O + _atoms(0, factor.dim) + _C
-    if isinstance(factor, Delta):
-        return _O + _atoms(1, _name(factor.a, mask), _name(factor.b, mask)) + _C
-    if isinstance(factor, Tensor):
-        indices = _O + _atoms(*(_name(i, mask) for i in factor.indices)) + _C
-        return _O + _atoms(2, factor.name) + indices + _C
-    if isinstance(factor, Func):
-        return _O + _atoms(3, factor.name) + expr_key(factor.arg, mask) + _C
-    if isinstance(factor, Power):
-        return _O + _atoms(4) + expr_key(factor.base, mask) + expr_key(factor.exponent, mask) + _C
+    kind = type(factor)
+    if kind is Tensor:
+        return (_OPEN, _TENSOR, (2, factor.name), _OPEN, *_atoms(factor.indices, mask), _CLOSE,
+                _CLOSE)
+    if kind is Func:
+        return (_OPEN, _FUNC, (2, factor.name), *expr_key(factor.arg, mask), _CLOSE)
+    if kind is Power:
+        return (_OPEN, _POWER, *expr_key(factor.base, mask), *expr_key(factor.exponent, mask),
+                _CLOSE)
+    if kind is Delta:
+        return (_OPEN, _DELTA, (2, _name(factor.a, mask)), (2, _name(factor.b, mask)), _CLOSE)
+    if kind is Size:
+        return (_OPEN, _SIZE, (2, factor.dim), _CLOSE)
     raise TypeError(factor)
 
 
 def expr_key(e: Expr, mask=frozenset()):
     """The flat key of ``((indices), ((coeff, (factor keys)), ...))``."""
-    inner = mask & set(e.indices) if mask else mask
-    parts = [_OPEN, _OPEN, *_atoms(*(_name(i, inner) for i in e.indices)), _CLOSE, _OPEN]
+    inner = mask.intersection(e.indices) if mask else mask
+    parts = [_OPEN, _OPEN, *_atoms(e.indices, inner), _CLOSE, _OPEN]
     for t in e.terms:
-        parts += [_OPEN, (2, _coeff_key(t.coeff)), _OPEN]
+        parts += (_OPEN, (2, _coeff_key(t.coeff)), _OPEN)
         for f in t.factors:
             parts += factor_key(f, inner)
-        parts += [_CLOSE, _CLOSE]
-    parts += [_CLOSE, _CLOSE]
+        parts += (_CLOSE, _CLOSE)
+    parts += (_CLOSE, _CLOSE)
     return tuple(parts)
 
 
 def _coeff_key(c):
+    """``float(c)``; for a Fraction the same correctly rounded quotient without the
+    generic ``numbers.Rational.__float__``."""
+    if c is ONE:
+        return 1.0
+    if type(c) is Fraction:
+        return c.numerator / c.denominator
     return float(c)
 
 
@@ -152,7 +179,7 @@ def _coeff_key(c):
 def zero(dims: dict | None = None) -> Expr:
     dims = dims or {}
     order = tuple(sorted(dims))
-    return Expr(order, tuple(dims[i] for i in order), ())
+    return Expr(order, tuple(map(dims.__getitem__, order)), ())
 
 
 def const(value, dims: dict | None = None) -> Expr:
@@ -161,7 +188,7 @@ def const(value, dims: dict | None = None) -> Expr:
         return zero(dims)
     dims = dims or {}
     order = tuple(sorted(dims))
-    return Expr(order, tuple(dims[i] for i in order), (Term(value, ()),))
+    return Expr(order, tuple(map(dims.__getitem__, order)), (Term(value, ()),))
 
 
 def is_zero(e: Expr) -> bool:
@@ -184,7 +211,7 @@ def factor_expr(factor) -> Expr:
     if type(factor) is Tensor:  # already canonical: no δ, no power, every index free
         dims = dict(zip(factor.indices, factor.dims))
         order = tuple(sorted(dims))
-        return Expr(order, tuple(dims[i] for i in order), (Term(ONE, (factor,)),))
+        return Expr(order, tuple(map(dims.__getitem__, order)), (Term(ONE, (factor,)),))
     return expr(factor_dims(factor), [Term(ONE, (factor,))])
 
 
@@ -312,16 +339,24 @@ def _common_factor(coeffs):
 
 def _merge_powers(factors: list, free: set) -> list:
     """f^a f^b = f^(a+b) for factors over the same indices."""
+    if len(factors) < 2:
+        return factors
+    for f in factors:
+        if type(f) is Power:
+            break
+    else:   # no powers: only a repeated factor merges
+        kept = [f for f in factors if type(f) is not Delta and type(f) is not Size]
+        if len(set(kept)) == len(kept):
+            return factors
     groups: dict = {}
     for n, f in enumerate(factors):
-        if isinstance(f, (Delta, Size)):
+        kind = type(f)
+        if kind is Delta or kind is Size:
             groups[("unmerged", n)] = (f, ONE)
             continue
-        base, exponent = _base_and_exponent(f)
-        if base in groups:
-            groups[base] = (base, groups[base][1] + exponent)
-        else:
-            groups[base] = (base, exponent)
+        base, exponent = _base_and_exponent(f) if kind is Power else (f, ONE)
+        seen = groups.get(base)
+        groups[base] = (base, exponent) if seen is None else (base, seen[1] + exponent)
     if len(groups) == len(factors):
         return factors
     merged = []
@@ -335,21 +370,19 @@ def _merge_powers(factors: list, free: set) -> list:
     return merged
 
 
-def _refined_keys(factors, dummies):
-    """Sort keys with summed indices masked, refined by what each summed index touches."""
-    base = [factor_key(f, dummies) for f in factors]
+def _refined_keys(factors, own, dummies):
+    """Sort keys with summed indices masked, refined by what each summed index touches
+    (``own``: the indices of each factor)."""
+    base = [factor_key(f, dummies, idx) for f, idx in zip(factors, own)]
     touches = {d: [] for d in dummies}
-    for key, f in zip(base, factors):
-        for index in factor_indices(f):
+    for key, idx in zip(base, own):
+        for index in idx:
             if index in touches:
                 touches[index].append(key)
-    for d in touches:
-        touches[d].sort()
-    refined = []
-    for key, f in zip(base, factors):
-        neighbours = tuple(tuple(touches[i]) for i in factor_indices(f) if i in touches)
-        refined.append((key, neighbours))
-    return refined
+    for keys in touches.values():
+        keys.sort()
+    return [(key, tuple([tuple(touches[i]) for i in idx if i in touches]))
+            for key, idx in zip(base, own)]
 
 
 def _index_sequence(factor):
@@ -406,6 +439,9 @@ def _settle(f, renamed=False):
     return f
 
 
+_DUMMY_NAMES = tuple(f"_d{n}" for n in range(16))   # the first canonical names, when free
+
+
 def _canonical_names(free):
     n = 0
     while True:
@@ -415,30 +451,41 @@ def _canonical_names(free):
             yield name
 
 
-def _canonicalize(coeff, factors: list, free: set) -> Term:
+def _canonicalize(factors: list, free: frozenset) -> tuple:
     """Canonical order of factors and canonical names for summed indices."""
-    factors = [_settle(f) for f in factors]   # nested sums left with moved names
-    indices = set()
-    for f in factors:
-        indices.update(factor_indices(f))
-    dummies = frozenset(indices - free)
+    # nested sums left with moved names
+    factors = [_settle(f) if type(f) in _NESTED else f for f in factors]
+    own = [factor_indices(f) for f in factors]
+    dummies = frozenset().union(*own).difference(free)
     if dummies:
-        order = sorted(zip(_refined_keys(factors, dummies), range(len(factors))))
-        names = _canonical_names(free)
+        holders = [k for k, idx in enumerate(own) if not dummies.isdisjoint(idx)]
+        if len(holders) == 1 or len(dummies) == 1:
+            # one factor holds every summed index, or there is one: its names do not
+            # depend on the order of the factors
+            order = holders[:1]
+        else:
+            order = [k for _, k in sorted(zip(_refined_keys(factors, own, dummies),
+                                              range(len(factors))))]
+        names = _DUMMY_NAMES[:len(dummies)]
+        names = iter(names) if len(names) == len(dummies) and free.isdisjoint(names) \
+            else _canonical_names(free)
         mapping = {}
-        for _, k in order:
-            for index in _index_sequence(factors[k]):
+        for k in order:
+            f = factors[k]
+            for index in f.indices if type(f) is Tensor else _index_sequence(f):
                 if index in dummies and index not in mapping:
                     mapping[index] = next(names)
-        if all(mapping[d] == d for d in dummies):
-            factors.sort(key=factor_key)
-            return Term(coeff, tuple(factors))
         # one simultaneous rename, so canonical names never capture each other
-        rename = {d: mapping[d] for d in dummies if mapping[d] != d}
-        factors = [_settle(rename_factor(f, rename), renamed=True)
-                   if not dummies.isdisjoint(factor_indices(f)) else f for f in factors]
-    factors.sort(key=factor_key)
-    return Term(coeff, tuple(factors))
+        rename = {d: name for d, name in mapping.items() if name != d}
+        if rename:
+            factors = [_settle(rename_factor(f, rename), renamed=True)
+                       if not dummies.isdisjoint(idx) else f for f, idx in zip(factors, own)]
+    if len(factors) > 1:
+        factors.sort(key=factor_key)
+    return tuple(factors)
+
+
+_NESTED = (Func, Power)
 
 
 _NORMAL: dict = {}
@@ -454,8 +501,11 @@ def _normalized(coeff, factors: tuple, free: frozenset):
     """(coefficient, canonical factors) of a product, or None if it is zero."""
     if coeff is not ONE:
         coeff = _within_float(coeff) if type(coeff) is Fraction else _number(coeff)
-    if not coeff:
-        return None
+        if not coeff:
+            return None
+    if len(factors) < 2 and (not factors or (type(factors[0]) is Tensor
+                                              and free.issuperset(factors[0].indices))):
+        return coeff, factors   # a number, or one tensor over free indices: nothing to do
     key = (factors, free)
     hit = _NORMAL.get(key)
     if hit is None:
@@ -471,12 +521,16 @@ def _normalized(coeff, factors: tuple, free: frozenset):
 def _normalize_factors(factors: list, free):
     """(multiplier, canonical factors) of a product, or False when it is zero."""
     coeff = ONE
+    has_delta = False
     for f in factors:
-        if isinstance(f, Power) and is_zero(f.base):
+        kind = type(f)
+        if kind is Power and is_zero(f.base):
             n = const_value(f.exponent)
             if n is not None and n > 0:
                 return False
-    if any(isinstance(f, Delta) for f in factors):
+        elif kind is Delta:
+            has_delta = True
+    if has_delta:
         before = {f for f in factors if isinstance(f, (Func, Power))}   # a set: n cos factors
         _eliminate_deltas(factors, free)
         if before and any(isinstance(f, (Func, Power)) for f in factors):
@@ -495,14 +549,19 @@ def _normalize_factors(factors: list, free):
                 else:
                     rebuilt.append(f)
             factors = rebuilt
-    factors = _merge_powers(factors, free)
-    term = _canonicalize(coeff, factors, free)
-    return term.coeff, term.factors
+    return coeff, _canonicalize(_merge_powers(factors, free), free)
 
 
 def expr(dims: dict, terms) -> Expr:
     """The canonical Expr over the index set ``dims`` (index → dimension) with these terms."""
     free = frozenset(dims)
+    if not isinstance(terms, (list, tuple)):
+        terms = list(terms)
+    if len(terms) == 1:
+        lone = _lone_term(terms[0], free)
+        if lone is not None:
+            order = tuple(sorted(free))
+            return Expr(order, tuple(map(dims.__getitem__, order)), lone)
     merged: dict = {}
     pending = list(terms)
     while pending:
@@ -518,17 +577,33 @@ def expr(dims: dict, terms) -> Expr:
                 avoid = free | set(factor_indices(lone))
                 pending.extend(Term(times(coeff, g.coeff), g.factors) for g in _lift(lone.base, avoid))
                 continue
-        old = merged.get(factors)
-        merged[factors] = coeff if old is None else _number(old + coeff)
+        count = len(merged)
+        old = merged.setdefault(factors, coeff)
+        if len(merged) == count:   # like terms: add the coefficients
+            merged[factors] = _number(old + coeff)
     if len(merged) > MAX_TERMS:
         raise EinderivError(
             f"the expression grew to {len(merged)} terms (limit {MAX_TERMS}); "
             "differentiate fewer times or simplify the formula")
-    kept = [Term(c, f) for f, c in merged.items() if c]   # a coefficient that is not 0
+    kept = [Term(c, f) for f, c in merged.items() if c is ONE or c]   # a coefficient not 0
     if len(kept) > 1:
-        kept.sort(key=lambda t: (tuple(factor_key(f) for f in t.factors), _coeff_key(t.coeff)))
+        kept.sort(key=lambda t: (tuple([factor_key(f) for f in t.factors]), _coeff_key(t.coeff)))
     order = tuple(sorted(free))
-    return Expr(order, tuple(dims[i] for i in order), tuple(kept))
+    return Expr(order, tuple(map(dims.__getitem__, order)), tuple(kept))
+
+
+def _lone_term(term, free):
+    """The terms of the Expr made of one term, when that needs no merging: ``()`` for a
+    zero, ``(term,)`` for a product; None when it is a lone parenthesized sum, which
+    :func:`expr` spreads into its terms."""
+    hit = _normalized(term.coeff, term.factors, free)
+    if hit is None:
+        return ()
+    coeff, factors = hit
+    if (len(factors) == 1 and type(factors[0]) is Power and len(factors[0].base.terms) > 1
+            and const_value(factors[0].exponent) == 1):
+        return None
+    return (Term(coeff, factors),) if coeff is ONE or coeff else ()
 
 
 # --- algebra ---------------------------------------------------------------------------------

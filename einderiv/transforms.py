@@ -327,6 +327,8 @@ def _check_depends_chains(derived, name, statements, current):
     depends= or an intermediate that reads it): ∂A/∂name = ∂A/∂v · ∂v/∂name would need the
     unknown Jacobian dAdv contracted with ∂v/∂name, which einderiv does not form. A cycle
     (A on B, B on A) is such a chain too."""
+    if not derived:
+        return
     read = {n for st in _needed(statements, [current]) for n in tensor_names(st.expr)}
     read |= set(tensor_names(current))
 

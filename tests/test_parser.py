@@ -285,3 +285,66 @@ def test_an_unknown_function_suggests_what_to_write(src, hint):
 @pytest.mark.parametrize("src", ["L = α_i β_i", "y_i = μ_i σ_i", "L = x1_i x2_i"])
 def test_greek_letters_and_digits_still_name_tensors(src):
     assert ed.parse(src).statements
+
+
+# --- the direct parser (recursive descent for well-formed text, Lark for the rest) ----------
+
+def _lark_parse(src):
+    from einderiv.parser import _parser
+    try:
+        return _parser().parse(src)
+    except Exception as err:   # noqa: BLE001 - any refusal: the direct parser must refuse too
+        return err
+
+
+def _generated_texts(count):
+    from strategies import generate_program
+    return [generate_program(seed, scalar_output=seed % 2 == 0).text for seed in range(count)]
+
+
+def test_the_direct_parser_builds_lark_s_tree():
+    """Every well-formed formula is read by the direct parser, into the tree Lark builds
+    (nodes, values, lines and columns): the valid list above and 300 generated programs
+    (random spellings: braces, δ, juxtaposition, comments, ';' or new lines)."""
+    from einderiv.parser import _direct_parse
+    for src in VALID + _generated_texts(300):
+        expected = _lark_parse(src)
+        assert not isinstance(expected, Exception), src
+        assert _direct_parse(src) == expected, src
+
+
+def test_the_direct_parser_leaves_every_mistake_to_lark():
+    """Formulas with a character deleted, inserted or replaced: where Lark refuses one, the
+    direct parser gives up (so the error and its caret are Lark's); where Lark reads one, the
+    direct parser reads the same tree."""
+    import random
+    from einderiv.parser import _direct_parse
+    rng = random.Random(5)
+    pieces = list("()+-*/^=_;#\n \t{},.0123456789eE") + [
+        "δ", "sum_j(", "size(A,0)", "tanh(", "\\\n", "x_i", "²", "delta_ij", "A_{i,j}", "**"]
+    refused = read = 0
+    for src in VALID + _generated_texts(60):
+        for _ in range(15):
+            chars = list(src)
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randrange(len(chars) + 1)
+                if rng.random() < 0.4 and chars:
+                    del chars[min(at, len(chars) - 1)]
+                else:
+                    chars.insert(at, rng.choice(pieces))
+            text = "".join(chars)
+            expected, direct = _lark_parse(text), _direct_parse(text)
+            if isinstance(expected, Exception):
+                assert direct is None, text
+                refused += 1
+            else:
+                assert direct == expected, text
+                read += 1
+    assert refused > 100 and read > 100     # both kinds were tried
+
+
+def test_nesting_deeper_than_the_direct_parser_goes_to_lark():
+    from einderiv.parser import DIRECT_DEPTH, _direct_parse
+    src = "L = " + "(" * (DIRECT_DEPTH + 1) + "x_i" + ")" * (DIRECT_DEPTH + 1)
+    assert _direct_parse(src) is None
+    assert ed.parse(src).statements[0].expr == ed.parse("L = x_i").statements[0].expr
