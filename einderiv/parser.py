@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from lark import Lark, Token, Transformer
+from lark import Lark, Transformer
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from .errors import EinderivError, EinderivSyntaxError
@@ -295,8 +295,6 @@ class _Build(Transformer):
         return [c for c in children if isinstance(c, Stmt)]
 
 
-_BUILD = _Build()
-
 _ENDS_OPERAND = {"NUMBER", "TENSOR", "SIZE", "RPAR"}           # x_i2, 1..2, (x)2
 _STARTS_OPERAND = {"NUMBER", "TENSOR", "SIZE", "CALL", "SUM", "LPAR"}  # 2x_i, 2sin(x), 2(x)
 
@@ -310,17 +308,13 @@ class _Spacing:
     def process(self, stream):
         previous = None
         for token in stream:
-            if previous is not None:
-                _check_spacing(previous, token)
+            if (previous is not None and previous.end_pos == token.start_pos
+                    and "NUMBER" in (previous.type, token.type)
+                    and previous.type in _ENDS_OPERAND and token.type in _STARTS_OPERAND):
+                raise _Fail(f"'{token}' directly after '{previous}': a number must be separated "
+                            "from its neighbour by a space or '*'", token)
             previous = token
             yield token
-
-
-def _check_spacing(previous, token):
-    if (previous.end_pos == token.start_pos and "NUMBER" in (previous.type, token.type)
-            and previous.type in _ENDS_OPERAND and token.type in _STARTS_OPERAND):
-        raise _Fail(f"'{token}' directly after '{previous}': a number must be separated "
-                    "from its neighbour by a space or '*'", token)
 
 
 _PARSER = None
@@ -329,160 +323,9 @@ _PARSER = None
 def _parser() -> Lark:
     global _PARSER
     if _PARSER is None:
-        _PARSER = Lark(_grammar_text(), parser="lalr", transformer=_BUILD,
+        _PARSER = Lark(_grammar_text(), parser="lalr", transformer=_Build(),
                        postlex=_Spacing(), propagate_positions=False, maybe_placeholders=False)
     return _PARSER
-
-
-# --- the direct parser ------------------------------------------------------------------------
-# Lark's LALR loop and contextual lexer cost about 10 us a token, a sixth of the symbolic time
-# of a small derivative. A well-formed formula is read here instead, by recursive descent over
-# the same grammar: Lark's own terminals, tried in Lark's order, and the same _Build callbacks,
-# so the tree is the one Lark builds. At anything else (an error of any kind, nesting deeper
-# than DIRECT_DEPTH) it gives up and parse_text asks Lark, which reports the error as before.
-
-DIRECT_DEPTH = 50           # deeper nesting goes to Lark, which does not recurse in Python
-
-
-class _GiveUp(Exception):
-    """The direct parser leaves this formula to Lark."""
-
-
-_SCANNER = None
-
-
-def _scanner():
-    """(regex of every terminal in Lark's order of preference, names of ignored terminals)."""
-    global _SCANNER
-    if _SCANNER is None:
-        lark = _parser()
-        terminals = sorted(lark.terminals, key=lambda t: (-t.priority, -t.pattern.max_width,
-                                                         -len(t.pattern.value), t.name))
-        regex = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals)
-        _SCANNER = (re.compile(regex), frozenset(lark.ignore_tokens))
-    return _SCANNER
-
-
-def _direct_tokens(text: str) -> list:
-    """The tokens Lark's lexer and _Spacing give a formula (each with its position)."""
-    regex, ignored = _scanner()
-    tokens = []
-    at, line, line_start = 0, 1, 0
-    for m in regex.finditer(text):
-        pos, end = m.span()
-        if pos != at:       # a character no terminal starts with
-            raise _GiveUp
-        at = end
-        kind, value = m.lastgroup, m.group()
-        first_line, column = line, pos - line_start + 1
-        if "\n" in value:
-            line += value.count("\n")
-            line_start = pos + value.rindex("\n") + 1
-        if kind not in ignored:
-            token = Token(kind, value, pos, first_line, column, line, end - line_start + 1, end)
-            if tokens:
-                _check_spacing(tokens[-1], token)
-            tokens.append(token)
-    if at != len(text):
-        raise _GiveUp
-    return tokens
-
-
-class _Direct:
-    """Recursive descent over the tokens of a formula; one method per rule of the grammar."""
-
-    def __init__(self, tokens):
-        self.tokens = tokens
-        self.kinds = [t.type for t in tokens] + ["$END"]
-        self.at = 0
-        self.depth = 0
-
-    def take(self, kind):
-        if self.kinds[self.at] != kind:
-            raise _GiveUp
-        self.at += 1
-        return self.tokens[self.at - 1]
-
-    def start(self):
-        kinds = self.kinds
-        statements = []
-        while kinds[self.at] == "_SEP":
-            self.at += 1
-        while kinds[self.at] != "$END":
-            name = self.take("TENSOR")
-            self.take("EQUAL")
-            statements.append(_BUILD.statement([name, self.expr()]))
-            if kinds[self.at] != "$END":
-                self.take("_SEP")
-                while kinds[self.at] == "_SEP":
-                    self.at += 1
-        return _BUILD.start(statements)
-
-    def expr(self):
-        node = self.term()
-        while self.kinds[self.at] in ("PLUS", "MINUS"):
-            op = self.tokens[self.at]
-            self.at += 1
-            node = _BUILD.add([node, op, self.term()])
-        return node
-
-    def term(self):
-        if self.kinds[self.at] == "MINUS":
-            op = self.tokens[self.at]
-            self.at += 1
-            return _BUILD.neg([op, self.product()])
-        return self.product()
-
-    def product(self):
-        node = self.power()
-        while True:
-            kind = self.kinds[self.at]
-            if kind == "STAR" or kind == "SLASH":
-                op = self.tokens[self.at]
-                self.at += 1
-                node = _BUILD.mul([node, op, self.power()])
-            elif kind in _STARTS_OPERAND:      # juxtaposition
-                node = _BUILD.mul([node, self.power()])
-            else:
-                return node
-
-    def power(self):
-        base = self.atom()
-        if self.kinds[self.at] == "CIRCUMFLEX":
-            self.at += 1
-            return _BUILD.pow([base, self.atom()])
-        return base
-
-    def atom(self):
-        kind = self.kinds[self.at]
-        token = self.tokens[self.at] if kind != "$END" else None
-        self.at += 1
-        if kind in _LEAVES:
-            return _LEAVES[kind]([token])
-        if kind not in _OPENERS:
-            raise _GiveUp
-        self.depth += 1
-        if self.depth > DIRECT_DEPTH:
-            raise _GiveUp
-        inner = self.expr()
-        self.take("RPAR")
-        self.depth -= 1
-        if kind == "LPAR":
-            return _BUILD.group([inner])
-        return _OPENERS[kind]([token, inner])
-
-
-_LEAVES = {"NUMBER": _BUILD.number, "TENSOR": _BUILD.tensor, "SIZE": _BUILD.size}
-_OPENERS = {"LPAR": _BUILD.group, "CALL": _BUILD.call, "SUM": _BUILD.sum}
-
-
-def _direct_parse(text: str):
-    """The statements of a well-formed formula, as Lark would parse them; None where the
-    formula is not well-formed (or unusual), to be left to Lark."""
-    try:
-        return _Direct(_direct_tokens(text)).start()
-    except Exception:   # _GiveUp, a _Fail of a callback, or a surprise: Lark decides
-        return None
 
 
 def _caret(text: str, line: int, column: int) -> str:
@@ -520,9 +363,7 @@ def parse_text(text: str) -> list[Stmt]:
     if not isinstance(text, str):
         raise EinderivError(f"a formula must be a string, got {type(text).__name__}")
     try:
-        statements = _direct_parse(text)
-        if statements is None:
-            statements = _parser().parse(text)
+        statements = _parser().parse(text)
     except _Fail as fail:
         tok = fail.token
         line = getattr(tok, "line", 1) or 1
