@@ -225,6 +225,14 @@ def test_latex_of_one_multi_letter_index_has_no_stray_comma():
     assert d.latex().startswith(r"\frac{\partial y_{\mathrm{out}}}{\partial W_{pq}}")
 
 
+def _says_at(src, hint, column):
+    """parse(src) is a syntax error on line 1 at ``column`` whose message holds ``hint``."""
+    with pytest.raises(ed.EinderivSyntaxError) as info:
+        ed.parse(src)
+    assert hint in str(info.value)
+    assert (info.value.line, info.value.column) == (1, column)
+
+
 @pytest.mark.parametrize("src, column, hint", [
     ("y_i = W_ij · x_j", 12, "unexpected character '·' (write a product with a space, A_ij B_jk, or with '*')"),
     ("y_i = W_ij×x_j", 11, "unexpected character '×' (write a product"),
@@ -242,10 +250,7 @@ def test_latex_of_one_multi_letter_index_has_no_stray_comma():
 def test_a_likely_mistake_says_what_to_write(src, column, hint):
     """Operators from other notations (·, ×, @, ', **, A[i,j]), a signed exponent and a sum without its
     parentheses: the message points at the place and says what einderiv writes instead."""
-    with pytest.raises(ed.EinderivSyntaxError) as info:
-        ed.parse(src)
-    assert hint in str(info.value)
-    assert (info.value.line, info.value.column) == (1, column)
+    _says_at(src, hint, column)
 
 
 @pytest.mark.parametrize("src, column, hint", [
@@ -260,10 +265,7 @@ def test_a_likely_mistake_says_what_to_write(src, column, hint):
 def test_unicode_sub_and_superscripts_are_refused(src, column, hint):
     """Python counts '₁', 'ᵢ', '²' as letters or digits: x_i² read as a tensor with the
     indices i and ², so 'L = x_i²' by x gave dL/dx_pq = 1, and y₁ was a scalar named y₁."""
-    with pytest.raises(ed.EinderivSyntaxError) as info:
-        ed.parse(src)
-    assert hint in str(info.value)
-    assert (info.value.line, info.value.column) == (1, column)
+    _says_at(src, hint, column)
 
 
 @pytest.mark.parametrize("src, hint", [
