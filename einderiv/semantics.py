@@ -201,11 +201,12 @@ def analyze(text: str, sizes=None) -> Analysis:
     for key, (name, axis, index, line) in where.items():
         if name in input_ndim:
             members.setdefault(reps[uf.find(key)], []).append((name, axis, index, line))
-    reach = _sizes_reach(uf, reps, sizes)
+    reach = _sizes_reach(uf, reps, sized)
     given: dict = {}
     for key in sized:   # within one statement, one dimension, one size
-        if reps[uf.find(key)] in reach[key[2]]:
-            given.setdefault((key[1], reps[uf.find(key)]), {})[key[2]] = sizes[key[2]]
+        rep = reps[uf.find(key)]
+        if rep in reach[key[2]]:
+            given.setdefault((key[1], rep), {})[key[2]] = sizes[key[2]]
     for (n, dim_name), named in given.items():
         if len(set(named.values())) > 1:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(named.items()))
@@ -246,15 +247,14 @@ def analyze(text: str, sizes=None) -> Analysis:
     return Analysis(tuple(statements), inputs, members, sizes, unsized, size_only)
 
 
-def _sizes_reach(uf, reps, sizes) -> dict:
-    """The dimensions each ``sizes=`` entry gives a size to: those its index names that no
-    input carries, when it names some (the other statements' letter of that name, an axis of
-    an array, takes the array's size, as evaluate does); else all it names, to be checked
-    against the arrays."""
+def _sizes_reach(uf, reps, sized) -> dict:
+    """The dimensions each ``sizes=`` entry gives a size to (``sized``: the union-find keys of
+    the indices sizes= names): those its index names that no input carries, when it names
+    some (the other statements' letter of that name, an axis of an array, takes the array's
+    size, as evaluate does); else all it names, to be checked against the arrays."""
     named: dict = {}
-    for key in uf.parent:
-        if key[0] == "I" and key[2] in sizes:
-            named.setdefault(key[2], set()).add(reps[uf.find(key)])
+    for key in sized:
+        named.setdefault(key[2], set()).add(reps[uf.find(key)])
     reach = {}
     for index, dims in named.items():
         free = {d for d in dims if d.startswith("=")}
