@@ -452,7 +452,13 @@ def _canonical_names(free):
 
 
 def _canonicalize(factors: list, free: frozenset) -> tuple:
-    """Canonical order of factors and canonical names for summed indices."""
+    """Canonical order of factors and canonical names for summed indices.
+
+    Summed indices are named ``_d0, _d1, ...`` in the order they appear along the factors
+    sorted by their refined keys (:func:`_refined_keys`, which do not see the names). Where
+    factors holding summed indices tie on those keys (``A_i A_k T_jik``: the two ``A`` play
+    symmetric roles), every order of the tied factors is tried and the smallest result kept,
+    so that products equal up to the names of their summed indices come out identical."""
     # nested sums left with moved names
     factors = [_settle(f) if type(f) in _NESTED else f for f in factors]
     own = [factor_indices(f) for f in factors]
@@ -462,24 +468,69 @@ def _canonicalize(factors: list, free: frozenset) -> tuple:
         if len(holders) == 1 or len(dummies) == 1:
             # one factor holds every summed index, or there is one: its names do not
             # depend on the order of the factors
-            order = holders[:1]
+            orders = [holders[:1]]
         else:
-            order = [k for _, k in sorted(zip(_refined_keys(factors, own, dummies),
-                                              range(len(factors))))]
-        names = _DUMMY_NAMES[:len(dummies)]
-        names = iter(names) if len(names) == len(dummies) and free.isdisjoint(names) \
-            else _canonical_names(free)
-        mapping = {}
-        for k in order:
-            f = factors[k]
-            for index in f.indices if type(f) is Tensor else _index_sequence(f):
-                if index in dummies and index not in mapping:
-                    mapping[index] = next(names)
-        # one simultaneous rename, so canonical names never capture each other
-        rename = {d: name for d, name in mapping.items() if name != d}
-        if rename:
-            factors = [_settle(rename_factor(f, rename), renamed=True)
-                       if not dummies.isdisjoint(idx) else f for f, idx in zip(factors, own)]
+            keys = _refined_keys(factors, own, dummies)
+            order = sorted(holders, key=keys.__getitem__)
+            orders = _tied_orders(order, keys)
+        best = None
+        for order in orders:
+            candidate = _renamed_sorted(factors, own, dummies, free, order)
+            if best is None:
+                best = candidate
+            else:
+                key = [factor_key(f) for f in candidate]
+                best_key = [factor_key(f) for f in best]
+                if key < best_key:
+                    best = candidate
+        return best
+    if len(factors) > 1:
+        factors.sort(key=factor_key)
+    return tuple(factors)
+
+
+_MAX_TIED_ORDERS = 720
+
+
+def _tied_orders(order, keys):
+    """``order`` (factor positions sorted by ``keys``) and, where neighbours tie, the other
+    orders of each run of equal keys; just ``[order]`` past ``_MAX_TIED_ORDERS``."""
+    runs = []
+    start = 0
+    for k in range(1, len(order) + 1):
+        if k == len(order) or keys[order[k]] != keys[order[start]]:
+            runs.append(order[start:k])
+            start = k
+    if len(runs) == len(order):
+        return [order]
+    count = 1
+    for run in runs:
+        count *= math.factorial(len(run))
+    if count > _MAX_TIED_ORDERS:
+        return [order]
+    return [list(itertools.chain.from_iterable(choice))
+            for choice in itertools.product(*[itertools.permutations(run) for run in runs])]
+
+
+def _renamed_sorted(factors, own, dummies, free, order):
+    """The factors with their summed indices named in order of appearance along ``order``,
+    sorted by their keys."""
+    names = _DUMMY_NAMES[:len(dummies)]
+    names = iter(names) if len(names) == len(dummies) and free.isdisjoint(names) \
+        else _canonical_names(free)
+    mapping = {}
+    for k in order:
+        f = factors[k]
+        for index in f.indices if type(f) is Tensor else _index_sequence(f):
+            if index in dummies and index not in mapping:
+                mapping[index] = next(names)
+    # one simultaneous rename, so canonical names never capture each other
+    rename = {d: name for d, name in mapping.items() if name != d}
+    if rename:
+        factors = [_settle(rename_factor(f, rename), renamed=True)
+                   if not dummies.isdisjoint(idx) else f for f, idx in zip(factors, own)]
+    else:
+        factors = list(factors)
     if len(factors) > 1:
         factors.sort(key=factor_key)
     return tuple(factors)

@@ -41,6 +41,47 @@ def test_like_terms_merge_and_cancel():
     assert ed.parse("L = x_i y_i + y_j x_j") == ed.parse("L = 2 x_k y_k")
 
 
+def test_products_equal_up_to_summed_names_cancel():
+    # the two A factors play symmetric roles: naming i, k by one refinement round of the
+    # factors' keys left their order to the order they were written in
+    assert str(ed.parse("L = sum_ik(A_i A_k B_ik) - sum_ik(A_k A_i B_ki)")) == "L = 0"
+    assert str(ed.parse("L_j = x_i x_k T_jik - x_k x_i T_jki")) == "L_j = 0"
+
+
+def _random_product(rng):
+    """A random product of tensors with some indices free, as text, and the same product with
+    its summed indices renamed and its factors shuffled."""
+    pool = "ijklmn"[:rng.randint(2, 6)]
+    rank = {name: rng.randint(1, 3) for name in "ABT"}
+    names = [rng.choice("ABT") for _ in range(rng.randint(2, 5))]
+    factors = [(name, [rng.choice(pool) for _ in range(rank[name])]) for name in names]
+    used = sorted({i for _, idx in factors for i in idx})
+    free = [i for i in used if rng.random() < 0.3]
+    others = [c for c in "uvwxyzabcefgh"]
+    rng.shuffle(others)
+    rename = dict(zip([i for i in used if i not in free], others))
+    shuffled = [(name, [rename.get(i, i) for i in idx]) for name, idx in factors]
+    rng.shuffle(shuffled)
+
+    def text(fs):
+        return " ".join(f"{name}_{''.join(idx)}" for name, idx in fs)
+    return "".join(free), text(factors), text(shuffled)
+
+
+def test_canonical_form_ignores_summed_names_and_factor_order():
+    # 2,000 random products, compared as text (dimension tags are named after the axis that
+    # first gives them, which depends on the order of the factors)
+    import random
+    rng = random.Random(5)
+    for _ in range(2000):
+        free, text, shuffled = _random_product(rng)
+        lhs = f"R_{free}" if free else "R"
+        a = ed.parse(f"{lhs} = {text}")
+        b = ed.parse(f"{lhs} = {shuffled}")
+        assert str(a) == str(b), (text, shuffled)
+        assert str(ed.parse(f"{lhs} = {text} - {shuffled}")) == f"{lhs} = 0", text
+
+
 def test_shared_factor_does_not_capture_other_sums():
     # Σ_j B_jj Σ_k B_kk is the square of the trace, not Σ_i B_ii²
     d = ed.diff("L = B_jj B_kk exp(x) x", wrt="x")
