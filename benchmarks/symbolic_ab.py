@@ -29,7 +29,8 @@ from einderiv import ir, simplify
 from cases import CASES
 cases = {c.id: c for c in CASES}
 memos = [getattr(m, n) for m, n in ((ir, "_RENAMED"), (simplify, "_KEYS"), (simplify, "_REBUILT"),
-                                    (simplify, "_FRESH"), (simplify, "_NORMAL")) if hasattr(m, n)]
+                                    (simplify, "_FRESH"), (simplify, "_NORMAL"),
+                                    (simplify, "_SEQUENCES")) if hasattr(m, n)]
 run = 0
 for line in sys.stdin:
     case_id, mode, calls = line.split()

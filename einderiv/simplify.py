@@ -127,10 +127,17 @@ _SIZE, _DELTA, _TENSOR, _FUNC, _POWER = (2, 0), (2, 1), (2, 2), (2, 3), (2, 4)
 _TWO = itertools.repeat(2)
 
 
+_STARS = tuple(f"*{n}" for n in range(32))
+
+
 def _atoms(indices, mask):
-    """The atoms of index names, those in ``mask`` shown as ``*`` (an iterator)."""
+    """The atoms of index names, those in ``mask`` shown as ``*n``, n the first place the
+    index takes among ``indices`` (``B_kkk`` and ``B_iij`` differ with k, i, j masked), an
+    iterator."""
     if mask and not mask.isdisjoint(indices):
-        indices = ["*" if i in mask else i for i in indices]
+        first = {}
+        indices = [_STARS[first.setdefault(i, n)] if i in mask else i
+                   for n, i in enumerate(indices)]
     return zip(_TWO, indices)
 
 
@@ -152,14 +159,31 @@ def _factor_key(factor, mask):
 
 
 def expr_key(e: Expr, mask=frozenset()):
-    """The flat key of ``((indices), ((coeff, (factor keys)), ...))``."""
+    """The flat key of ``((indices), ((coeff, (factor keys)), ...))``.
+
+    With indices of ``mask`` among the expression's, the terms and their factors are keyed
+    in the order of their masked keys, not in the expression's order: that order rests on
+    the names the mask hides."""
     inner = mask.intersection(e.indices) if mask else mask
-    parts = [_OPEN, _OPEN, *_atoms(e.indices, inner), _CLOSE, _OPEN]
-    for t in e.terms:
-        parts += (_OPEN, (2, _coeff_key(t.coeff)), _OPEN)
-        for f in t.factors:
-            parts += factor_key(f, inner)
-        parts += (_CLOSE, _CLOSE)
+    if inner:
+        shown = sorted(["*" if i in inner else i for i in e.indices])
+        parts = [_OPEN, _OPEN, *zip(_TWO, shown), _CLOSE, _OPEN]
+        keyed = []
+        for t in e.terms:
+            term = [_OPEN, (2, _coeff_key(t.coeff)), _OPEN]
+            for key in sorted([factor_key(f, inner) for f in t.factors]):
+                term += key
+            term += (_CLOSE, _CLOSE)
+            keyed.append(tuple(term))
+        for key in sorted(keyed):
+            parts += key
+    else:
+        parts = [_OPEN, _OPEN, *zip(_TWO, e.indices), _CLOSE, _OPEN]
+        for t in e.terms:
+            parts += (_OPEN, (2, _coeff_key(t.coeff)), _OPEN)
+            for f in t.factors:
+                parts += factor_key(f, inner)
+            parts += (_CLOSE, _CLOSE)
     parts += (_CLOSE, _CLOSE)
     return tuple(parts)
 
@@ -232,14 +256,22 @@ def _rebuild(e: Expr) -> Expr:
 def _rebuild_all(e: Expr) -> Expr:
     terms = []
     for t in e.terms:
+        coeff = t.coeff
         factors = []
         for f in t.factors:
-            if isinstance(f, Func):
-                f = Func(f.name, _rebuild(f.arg))
-            elif isinstance(f, Power):
-                f = Power(_rebuild(f.base), f.exponent)
-            factors.append(f)
-        terms.append(Term(t.coeff, tuple(factors)))
+            rebuilt = _recanon(f)     # a function or power through its constructor: a
+            if rebuilt is None:       # nested δ_ii that became 1 leaves 1^3, which folds
+                factors.append(f)
+            elif len(rebuilt) == 1:
+                coeff = times(coeff, rebuilt[0].coeff)
+                factors.extend(rebuilt[0].factors)
+            elif not rebuilt:
+                break
+            else:
+                factors.append(type(f)(f.name, _rebuild(f.arg)) if type(f) is Func
+                               else Power(_rebuild(f.base), f.exponent))
+        else:
+            terms.append(Term(coeff, tuple(factors)))
     return expr(e.dim_map, terms)
 
 
@@ -372,34 +404,86 @@ def _merge_powers(factors: list, free: set) -> list:
 
 def _refined_keys(factors, own, dummies):
     """Sort keys with summed indices masked, refined by what each summed index touches
-    (``own``: the indices of each factor)."""
+    (``own``: the indices of each factor): the masked keys of the factors holding it, with
+    the axes it takes there (in ``X_ji A_jk X_ki`` the two ``X`` differ by the axis of ``A``
+    each shares). None of it depends on the names of the summed indices."""
     base = [factor_key(f, dummies, idx) for f, idx in zip(factors, own)]
     touches = {d: [] for d in dummies}
-    for key, idx in zip(base, own):
+    for f, key, idx in zip(factors, base, own):
+        tensor = type(f) is Tensor
         for index in idx:
             if index in touches:
-                touches[index].append(key)
+                axes = tuple([a for a, i in enumerate(f.indices) if i == index]) if tensor else ()
+                touches[index].append((key, axes))
     for keys in touches.values():
         keys.sort()
-    return [(key, tuple([tuple(touches[i]) for i in idx if i in touches]))
-            for key, idx in zip(base, own)]
+    refined = []
+    for f, key, idx in zip(factors, base, own):
+        seen = [tuple(touches[i]) for i in idx if i in touches]
+        if type(f) is not Tensor:
+            seen.sort()        # a function's indices are listed by name
+        refined.append((key, tuple(seen)))
+    return refined
 
 
-def _index_sequence(factor):
-    """Indices in the order they appear when the factor is written out, nested ones included."""
-    if isinstance(factor, Tensor):
+def _index_sequence(factor, mask=frozenset()):
+    """The indices of ``mask`` (the summed indices being named) in the order they appear when
+    the factor is written out, nested ones included.
+
+    Inside a nested expression the terms and their factors are taken in the order of their
+    keys with ``mask`` and the expression's own summed indices shown as ``*``: the order the
+    expression is printed in depends on the names being chosen from this sequence."""
+    kind = type(factor)
+    if kind is Tensor:
         return factor.indices
-    if isinstance(factor, Delta):
+    if kind is Delta:
         return (factor.a, factor.b)
-    if isinstance(factor, (Func, Power)):
-        e = factor.arg if isinstance(factor, Func) else factor.base
-        seq = []
-        for t in e.terms:
-            for g in t.factors:
-                seq.extend(i for i in _index_sequence(g) if i in e.indices)
-        seq.extend(e.indices)
-        return tuple(seq)
+    if kind is Func or kind is Power:
+        e = factor.arg if kind is Func else factor.base
+        key = (factor, mask.intersection(e.indices))
+        hit = _SEQUENCES.get(key)
+        if hit is None:
+            hit = remember(_SEQUENCES, key, _nested_sequence(e, key[1]))
+        return hit
     return ()
+
+
+_SEQUENCES: dict = {}
+
+
+def _nested_sequence(e: Expr, mask):
+    """:func:`_index_sequence` of a function or power of ``e``."""
+    if not mask:
+        return ()
+    holding = []
+    for t in e.terms:
+        held = [g for g in t.factors if not mask.isdisjoint(factor_indices(g))]
+        if held:
+            holding.append((t, held))
+    seq = []
+    if len(holding) == 1 and len(holding[0][1]) == 1:
+        # one factor holds them all: nothing to order here
+        (g,), = holding[0][1:]
+        sub = _index_sequence(g, mask.union(i for i in factor_indices(g) if i not in e.indices))
+        seq = [i for i in sub if i in mask]
+    elif holding:
+        ordered = []
+        for t, held in holding:
+            inner = mask.union(i for g in t.factors for i in factor_indices(g)
+                               if i not in e.indices)
+            keys = (sorted([factor_key(g, inner) for g in t.factors]) if len(holding) > 1
+                    else None)
+            if len(held) > 1:
+                held = [g for _, _, g in sorted([(factor_key(g, inner), n, g)
+                                                 for n, g in enumerate(held)])]
+            ordered.append(((_coeff_key(t.coeff), keys), held, inner))
+        if len(ordered) > 1:
+            ordered.sort(key=lambda entry: entry[0])
+        for _, held, inner in ordered:
+            for g in held:
+                seq.extend(i for i in _index_sequence(g, inner) if i in mask)
+    # indices that no term holds (the expression is broadcast along them) come last
+    return tuple(seq + [i for i in e.indices if i in mask and i not in seq])
 
 
 _FRESH: dict = {}
@@ -439,6 +523,27 @@ def _settle(f, renamed=False):
     return f
 
 
+def _resettle(f, names: frozenset):
+    """:func:`_settle` after a rename to ``names``, at every depth that the rename reached:
+    a nested expression is sorted by the names of its free indices, so one inside it that
+    holds a renamed index is re-canonicalized first."""
+    kind = type(f)
+    if kind is not Func and kind is not Power:
+        return f
+    e = f.arg if kind is Func else f.base
+    terms = []
+    for t in e.terms:
+        factors = t.factors
+        if any(type(g) in _NESTED and not names.isdisjoint(factor_indices(g)) for g in factors):
+            factors = tuple([_resettle(g, names) if type(g) in _NESTED
+                             and not names.isdisjoint(factor_indices(g)) else g
+                             for g in factors])
+            t = Term(t.coeff, factors)
+        terms.append(t)
+    e = expr(e.dim_map, terms)
+    return Func(f.name, e) if kind is Func else Power(e, f.exponent)
+
+
 _DUMMY_NAMES = tuple(f"_d{n}" for n in range(16))   # the first canonical names, when free
 
 
@@ -455,35 +560,33 @@ def _canonicalize(factors: list, free: frozenset) -> tuple:
     """Canonical order of factors and canonical names for summed indices.
 
     Summed indices are named ``_d0, _d1, ...`` in the order they appear along the factors
-    sorted by their refined keys (:func:`_refined_keys`, which do not see the names). Where
-    factors holding summed indices tie on those keys (``A_i A_k T_jik``: the two ``A`` play
-    symmetric roles), every order of the tied factors is tried and the smallest result kept,
-    so that products equal up to the names of their summed indices come out identical."""
+    sorted by their refined keys (:func:`_refined_keys`, which do not see the names), so that
+    products equal up to the names of their summed indices come out identical. Where factors
+    tie on those keys (``A_i A_k T_jik``: the two ``A`` play symmetric roles), every order of
+    the tied factors is tried and the smallest result kept. (Inside nested expressions, ties
+    are left to the order of the names: ``tanh(A_jl + A_ki)`` with ``l`` and ``i`` summed in
+    the same roles outside. Trying every naming there made Hessians twice as slow.)"""
     # nested sums left with moved names
     factors = [_settle(f) if type(f) in _NESTED else f for f in factors]
     own = [factor_indices(f) for f in factors]
     dummies = frozenset().union(*own).difference(free)
+    if len(dummies) == 1:
+        (d,), (name,) = dummies, _dummy_names(1, free)
+        return _renamed_sorted(factors, own, dummies, {d: name})
     if dummies:
         holders = [k for k, idx in enumerate(own) if not dummies.isdisjoint(idx)]
-        if len(holders) == 1 or len(dummies) == 1:
-            # one factor holds every summed index, or there is one: its names do not
-            # depend on the order of the factors
-            orders = [holders[:1]]
+        if len(holders) == 1:
+            # one factor holds every summed index: its names do not depend on the order of
+            # the factors
+            orders = [holders]
         else:
             keys = _refined_keys(factors, own, dummies)
-            order = sorted(holders, key=keys.__getitem__)
-            orders = _tied_orders(order, keys)
-        best = None
-        for order in orders:
-            candidate = _renamed_sorted(factors, own, dummies, free, order)
-            if best is None:
-                best = candidate
-            else:
-                key = [factor_key(f) for f in candidate]
-                best_key = [factor_key(f) for f in best]
-                if key < best_key:
-                    best = candidate
-        return best
+            orders = _tied_orders(sorted(holders, key=keys.__getitem__), keys)
+        candidates = [_renamed_sorted(factors, own, dummies, _mapping(order, factors, dummies, free))
+                      for order in orders]
+        if len(candidates) == 1:
+            return candidates[0]
+        return min(candidates, key=lambda c: [factor_key(f) for f in c])
     if len(factors) > 1:
         factors.sort(key=factor_key)
     return tuple(factors)
@@ -512,22 +615,37 @@ def _tied_orders(order, keys):
             for choice in itertools.product(*[itertools.permutations(run) for run in runs])]
 
 
-def _renamed_sorted(factors, own, dummies, free, order):
-    """The factors with their summed indices named in order of appearance along ``order``,
-    sorted by their keys."""
-    names = _DUMMY_NAMES[:len(dummies)]
-    names = iter(names) if len(names) == len(dummies) and free.isdisjoint(names) \
-        else _canonical_names(free)
+
+
+def _dummy_names(n, free):
+    """The first ``n`` canonical names of summed indices that are not free indices."""
+    names = _DUMMY_NAMES[:n]
+    if len(names) == n and free.isdisjoint(names):
+        return names
+    return tuple(itertools.islice(_canonical_names(free), n))
+
+
+def _mapping(order, factors, dummies, free):
+    """Summed index → canonical name, in order of appearance along the factors ``order``."""
+    names = iter(_dummy_names(len(dummies), free))
     mapping = {}
     for k in order:
         f = factors[k]
-        for index in f.indices if type(f) is Tensor else _index_sequence(f):
+        for index in f.indices if type(f) is Tensor else _index_sequence(f, dummies):
             if index in dummies and index not in mapping:
                 mapping[index] = next(names)
+        if len(mapping) == len(dummies):
+            break
+    return mapping
+
+
+def _renamed_sorted(factors, own, dummies, mapping):
+    """The factors with their summed indices renamed by ``mapping``, sorted by their keys."""
     # one simultaneous rename, so canonical names never capture each other
     rename = {d: name for d, name in mapping.items() if name != d}
     if rename:
-        factors = [_settle(rename_factor(f, rename), renamed=True)
+        names = frozenset(rename.values())
+        factors = [_resettle(rename_factor(f, rename), names)
                    if not dummies.isdisjoint(idx) else f for f, idx in zip(factors, own)]
     else:
         factors = list(factors)

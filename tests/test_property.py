@@ -462,12 +462,11 @@ def test_derivative_text_round_trips(p, seed):
     check_derivative_round_trips(p, seed)
 
 
-@pytest.mark.xfail(strict=False, reason="known limitation (about 13% of these programs): inside a "
-                   "nested expression the order of terms depends on the names of the summed "
-                   "indices outside it, which are named by that order, so a reprint can settle on "
-                   "other names ((A_kj + A_ij)^2 against (A_ij + A_kj)^2); and a coefficient with a "
-                   "denominator over 10^6 prints as its nearest float (0.999449822159508), which "
-                   "reads back as another fraction. The values agree (test_text_round_trips)")
+@pytest.mark.xfail(strict=False, reason="known limitation (about 7% of these programs): a "
+                   "coefficient with a denominator over 10^6 prints as its nearest float "
+                   "(0.999449822159508), which reads back as another fraction; a dimension is "
+                   "named after the first axis that gives it; a nested expression broadcast along "
+                   "an index keeps it. The values agree (test_text_round_trips)")
 @_settings(200)
 @given(programs(max_depth=1), st.integers(0, 2 ** 32 - 1))
 def test_text_round_trips_to_an_equal_ir(p, seed):

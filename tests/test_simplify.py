@@ -48,6 +48,37 @@ def test_products_equal_up_to_summed_names_cancel():
     assert str(ed.parse("L_j = x_i x_k T_jik - x_k x_i T_jki")) == "L_j = 0"
 
 
+@pytest.mark.parametrize("text, renamed", [
+    ("R = tanh(B_kkk + B_iij)", "R = tanh(B_aaa + B_ggh)"),
+    ("R_jk = tanh(B_mj) tanh(T_j) tanh(A_k + A_l)", "R_jk = tanh(B_wj) tanh(A_k + A_e) tanh(T_j)"),
+    ("R = X_ji A_jk X_ki", "R = X_ab A_ac X_cb"),
+    ("R = x_i x_j x_k T_ijk", "R = T_cab x_b x_a x_c"),
+], ids=["repeated-indices-in-a-function", "function-of-a-sum", "two-X-told-apart-by-A",
+        "three-x"])
+def test_summed_names_inside_functions_do_not_change_the_canonical_form(text, renamed):
+    # a function's argument is sorted by the names of the indices summed outside it, and those
+    # are named from the argument: the names must come from something the names do not decide
+    assert str(ed.parse(text)) == str(ed.parse(renamed))
+
+
+@pytest.mark.parametrize("text", [
+    "h_niv = -sum_jk(exp(sigmoid(A_kin A_jii + A_kvv)))",
+    "h = sum_ijk(B_ij sum_l(exp(A_l))^(a) (-1 + sum_m(B_ik B_im)))",
+    "L = sum_ijk(A_ij cosh(cos(A_kl / (1 + exp(sin(A_il W))) + A_kj W)))",
+])
+def test_printed_text_reads_back_as_the_same_text(text):
+    # a rename reached only the outer function: its nested arguments kept the old order
+    once = str(ed.parse(text))
+    assert str(ed.parse(once)) == once
+
+
+def test_a_delta_inside_a_function_folds_to_one():
+    d = ed.parse("L_i = sum_j(δ_ij exp(δ_ij^3 x_j))")
+    assert str(d) == "L_i = exp(x_i)"          # not exp(x_i 1^3)
+    x = np.array([0.3, -1.2, 2.0])
+    np.testing.assert_allclose(d.evaluate(x=x), np.exp(x), rtol=1e-15)
+
+
 def _random_product(rng):
     """A random product of tensors with some indices free, as text, and the same product with
     its summed indices renamed and its factors shuffled."""
