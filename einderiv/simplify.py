@@ -259,17 +259,17 @@ def _rebuild_all(e: Expr) -> Expr:
         coeff = t.coeff
         factors = []
         for f in t.factors:
-            rebuilt = _recanon(f)     # a function or power through its constructor: a
-            if rebuilt is None:       # nested δ_ii that became 1 leaves 1^3, which folds
+            # a function or a power goes through its constructor: a nested δ_ii that became 1
+            # leaves 1^3, which folds; the constructors give one term, or none for a zero
+            rebuilt = _recanon(f)
+            if rebuilt is None:
                 factors.append(f)
-            elif len(rebuilt) == 1:
-                coeff = times(coeff, rebuilt[0].coeff)
-                factors.extend(rebuilt[0].factors)
             elif not rebuilt:
                 break
             else:
-                factors.append(type(f)(f.name, _rebuild(f.arg)) if type(f) is Func
-                               else Power(_rebuild(f.base), f.exponent))
+                (r,) = rebuilt
+                coeff = times(coeff, r.coeff)
+                factors.extend(r.factors)
         else:
             terms.append(Term(coeff, tuple(factors)))
     return expr(e.dim_map, terms)
@@ -582,7 +582,8 @@ def _canonicalize(factors: list, free: frozenset) -> tuple:
         else:
             keys = _refined_keys(factors, own, dummies)
             orders = _tied_orders(sorted(holders, key=keys.__getitem__), keys)
-        candidates = [_renamed_sorted(factors, own, dummies, _mapping(order, factors, dummies, free))
+        candidates = [_renamed_sorted(factors, own, dummies,
+                                      _mapping(order, factors, dummies, free))
                       for order in orders]
         if len(candidates) == 1:
             return candidates[0]
@@ -613,8 +614,6 @@ def _tied_orders(order, keys):
         return [order]
     return [list(itertools.chain.from_iterable(choice))
             for choice in itertools.product(*[itertools.permutations(run) for run in runs])]
-
-
 
 
 def _dummy_names(n, free):
