@@ -426,64 +426,83 @@ def _refined_keys(factors, own, dummies):
     return refined
 
 
-def _index_sequence(factor, mask=frozenset()):
-    """The indices of ``mask`` (the summed indices being named) in the order they appear when
-    the factor is written out, nested ones included.
+def _index_sequences(factor, mask=frozenset()):
+    """The indices of ``mask`` (the summed indices being named) in the order they first
+    appear when the factor is written out, nested ones included: a tuple of such sequences,
+    one for each way the ties inside the factor can go.
 
     Inside a nested expression the terms and their factors are taken in the order of their
-    keys with ``mask`` and the expression's own summed indices shown as ``*``: the order the
-    expression is printed in depends on the names being chosen from this sequence."""
+    keys with ``mask`` and the expression's own summed indices shown as ``*`` (the order the
+    expression is printed in depends on the names being chosen from this sequence). Terms or
+    factors that tie on those keys (``exp(B_iki + B_kjk)``, i, j, k summed outside) give one
+    sequence for each of their orders, up to ``_MAX_SEQUENCES``; past that, just the first."""
     kind = type(factor)
     if kind is Tensor:
-        return factor.indices
+        return (factor.indices,)
     if kind is Delta:
-        return (factor.a, factor.b)
+        return ((factor.a, factor.b),)
     if kind is Func or kind is Power:
         e = factor.arg if kind is Func else factor.base
         key = (factor, mask.intersection(e.indices))
         hit = _SEQUENCES.get(key)
         if hit is None:
-            hit = remember(_SEQUENCES, key, _nested_sequence(e, key[1]))
+            hit = remember(_SEQUENCES, key, _nested_sequences(e, key[1]))
         return hit
-    return ()
+    return ((),)
 
 
 _SEQUENCES: dict = {}
+_MAX_SEQUENCES = 8
 
 
-def _nested_sequence(e: Expr, mask):
-    """:func:`_index_sequence` of a function or power of ``e``."""
+def _nested_sequences(e: Expr, mask):
+    """:func:`_index_sequences` of a function or power of ``e``."""
     if not mask:
-        return ()
-    holding = []
+        return ((),)
+    holding = [g for t in e.terms for g in t.factors if not mask.isdisjoint(factor_indices(g))]
+    if len(holding) == 1:
+        # one factor holds them all: nothing to order here
+        (g,) = holding
+        inner = mask.union(i for i in factor_indices(g) if i not in e.indices)
+        rest = [i for i in e.indices if i in mask]
+        return tuple(tuple(dict.fromkeys([i for i in sub if i in mask] + rest))
+                     for sub in _index_sequences(g, inner))
+    entries = []      # (term, the orders of its factors that hold mask, its inner mask)
     for t in e.terms:
         held = [g for g in t.factors if not mask.isdisjoint(factor_indices(g))]
-        if held:
-            holding.append((t, held))
-    seq = []
-    if len(holding) == 1 and len(holding[0][1]) == 1:
-        # one factor holds them all: nothing to order here
-        (g,), = holding[0][1:]
-        sub = _index_sequence(g, mask.union(i for i in factor_indices(g) if i not in e.indices))
-        seq = [i for i in sub if i in mask]
-    elif holding:
-        ordered = []
-        for t, held in holding:
-            inner = mask.union(i for g in t.factors for i in factor_indices(g)
-                               if i not in e.indices)
-            keys = (sorted([factor_key(g, inner) for g in t.factors]) if len(holding) > 1
-                    else None)
-            if len(held) > 1:
-                held = [g for _, _, g in sorted([(factor_key(g, inner), n, g)
-                                                 for n, g in enumerate(held)])]
-            ordered.append(((_coeff_key(t.coeff), keys), held, inner))
-        if len(ordered) > 1:
-            ordered.sort(key=lambda entry: entry[0])
-        for _, held, inner in ordered:
-            for g in held:
-                seq.extend(i for i in _index_sequence(g, inner) if i in mask)
-    # indices that no term holds (the expression is broadcast along them) come last
-    return tuple(seq + [i for i in e.indices if i in mask and i not in seq])
+        if not held:
+            continue
+        inner = mask.union(i for g in t.factors for i in factor_indices(g)
+                           if i not in e.indices)
+        if len(held) > 1:
+            keys = [factor_key(g, inner) for g in held]
+            orders = _tied_orders(sorted(range(len(held)), key=keys.__getitem__), keys)
+            entries.append((t, [[held[n] for n in order] for order in orders], inner))
+        else:
+            entries.append((t, [held], inner))
+    term_orders = [list(range(len(entries)))]
+    if len(entries) > 1:
+        keys = [(_coeff_key(t.coeff), sorted([factor_key(g, inner) for g in t.factors]))
+                for t, _, inner in entries]
+        term_orders = _tied_orders(sorted(range(len(entries)), key=keys.__getitem__), keys)
+    sequences = {}
+    for term_order in term_orders:
+        for held_orders in itertools.product(*[entries[n][1] for n in term_order]):
+            items = [(g, entries[n][2]) for n, held in zip(term_order, held_orders) for g in held]
+            for subs in itertools.product(*[_index_sequences(g, inner) for g, inner in items]):
+                seq = {}
+                for sub in subs:
+                    for i in sub:
+                        if i in mask:
+                            seq[i] = None
+                # indices that no term holds (the expression is broadcast along them) last
+                for i in e.indices:
+                    if i in mask:
+                        seq[i] = None
+                sequences[tuple(seq)] = None
+                if len(sequences) > _MAX_SEQUENCES:
+                    return (next(iter(sequences)),)
+    return tuple(sequences)
 
 
 _FRESH: dict = {}
@@ -563,9 +582,8 @@ def _canonicalize(factors: list, free: frozenset) -> tuple:
     sorted by their refined keys (:func:`_refined_keys`, which do not see the names), so that
     products equal up to the names of their summed indices come out identical. Where factors
     tie on those keys (``A_i A_k T_jik``: the two ``A`` play symmetric roles), every order of
-    the tied factors is tried and the smallest result kept. (Inside nested expressions, ties
-    are left to the order of the names: ``tanh(A_jl + A_ki)`` with ``l`` and ``i`` summed in
-    the same roles outside. Trying every naming there made Hessians twice as slow.)"""
+    the tied factors is tried and the smallest result kept; so is every order of terms or
+    factors that tie inside a nested expression (``exp(B_iki + B_kjk)``)."""
     # nested sums left with moved names
     factors = [_settle(f) if type(f) in _NESTED else f for f in factors]
     own = [factor_indices(f) for f in factors]
@@ -582,9 +600,9 @@ def _canonicalize(factors: list, free: frozenset) -> tuple:
         else:
             keys = _refined_keys(factors, own, dummies)
             orders = _tied_orders(sorted(holders, key=keys.__getitem__), keys)
-        candidates = [_renamed_sorted(factors, own, dummies,
-                                      _mapping(order, factors, dummies, free))
-                      for order in orders]
+        candidates = [_renamed_sorted(factors, own, dummies, mapping)
+                      for order in orders
+                      for mapping in _mappings(order, factors, dummies, free)]
         if len(candidates) == 1:
             return candidates[0]
         return min(candidates, key=lambda c: [factor_key(f) for f in c])
@@ -624,18 +642,46 @@ def _dummy_names(n, free):
     return tuple(itertools.islice(_canonical_names(free), n))
 
 
-def _mapping(order, factors, dummies, free):
-    """Summed index → canonical name, in order of appearance along the factors ``order``."""
-    names = iter(_dummy_names(len(dummies), free))
+def _mappings(order, factors, dummies, free):
+    """Summed index → canonical name, in order of first appearance along the factors
+    ``order``: one mapping for each way the ties inside them go (:func:`_index_sequences`),
+    up to ``_MAX_SEQUENCES``; past that, just the first."""
+    names = _dummy_names(len(dummies), free)
     mapping = {}
-    for k in order:
-        f = factors[k]
-        for index in f.indices if type(f) is Tensor else _index_sequence(f, dummies):
-            if index in dummies and index not in mapping:
-                mapping[index] = next(names)
+    for pos, k in enumerate(order):
         if len(mapping) == len(dummies):
             break
-    return mapping
+        f = factors[k]
+        sequences = (f.indices,) if type(f) is Tensor else _index_sequences(f, dummies)
+        if len(sequences) > 1:
+            return _tied_mappings(order, pos, factors, dummies, names, mapping)
+        for index in sequences[0]:
+            if index in dummies and index not in mapping:
+                mapping[index] = names[len(mapping)]
+    return [mapping]
+
+
+def _tied_mappings(order, start, factors, dummies, names, mapping):
+    """:func:`_mappings` from the factor ``order[start]`` on, given ``mapping`` so far."""
+    found = {}
+
+    def walk(pos, mapping):
+        if len(mapping) == len(dummies) or pos == len(order):
+            found.setdefault(tuple(mapping.items()), mapping)
+            return
+        f = factors[order[pos]]
+        for seq in (f.indices,) if type(f) is Tensor else _index_sequences(f, dummies):
+            more = dict(mapping)
+            for index in seq:
+                if index in dummies and index not in more:
+                    more[index] = names[len(more)]
+            walk(pos + 1, more)
+            if len(found) > _MAX_SEQUENCES:
+                return
+
+    walk(start, mapping)
+    mappings = list(found.values())
+    return mappings[:1] if len(mappings) > _MAX_SEQUENCES else mappings
 
 
 def _renamed_sorted(factors, own, dummies, mapping):

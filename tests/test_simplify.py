@@ -79,24 +79,41 @@ def test_a_delta_inside_a_function_folds_to_one():
     np.testing.assert_allclose(d.evaluate(x=x), np.exp(x), rtol=1e-15)
 
 
-def _random_product(rng):
-    """A random product of tensors with some indices free, as text, and the same product with
-    its summed indices renamed and its factors shuffled."""
+def _random_product(rng, functions=False):
+    """A random product of tensors (and, with ``functions``, of tanh or exp of a sum of one or
+    two tensors) with some indices free, as text, and the same product with its summed
+    indices renamed and its factors shuffled."""
     pool = "ijklmn"[:rng.randint(2, 6)]
     rank = {name: rng.randint(1, 3) for name in "ABT"}
-    names = [rng.choice("ABT") for _ in range(rng.randint(2, 5))]
-    factors = [(name, [rng.choice(pool) for _ in range(rank[name])]) for name in names]
-    used = sorted({i for _, idx in factors for i in idx})
+
+    def tensor():
+        name = rng.choice("ABT")
+        return name, [rng.choice(pool) for _ in range(rank[name])]
+
+    factors = []
+    for _ in range(rng.randint(1 if functions else 2, 4 if functions else 5)):
+        if functions and rng.random() < 0.35:
+            factors.append((rng.choice(["exp", "tanh"]), [tensor() for _ in range(rng.randint(1, 2))]))
+        else:
+            factors.append(tensor())
+
+    def indices(f):
+        return f[1] if isinstance(f[1][0], str) else [i for _, idx in f[1] for i in idx]
+
+    used = sorted({i for f in factors for i in indices(f)})
     free = [i for i in used if rng.random() < 0.3]
     others = [c for c in "uvwxyzabcefgh"]
     rng.shuffle(others)
     rename = dict(zip([i for i in used if i not in free], others))
-    shuffled = [(name, [rename.get(i, i) for i in idx]) for name, idx in factors]
-    rng.shuffle(shuffled)
 
-    def text(fs):
-        return " ".join(f"{name}_{''.join(idx)}" for name, idx in fs)
-    return "".join(free), text(factors), text(shuffled)
+    def text(fs, names):
+        def one(name, idx):
+            return f"{name}_{''.join(names.get(i, i) for i in idx)}"
+        return " ".join(one(*f) if isinstance(f[1][0], str)
+                        else f"{f[0]}(" + " + ".join(one(*t) for t in f[1]) + ")" for f in fs)
+    shuffled = list(factors)
+    rng.shuffle(shuffled)
+    return "".join(free), text(factors, {}), text(shuffled, rename)
 
 
 def test_canonical_form_ignores_summed_names_and_factor_order():
@@ -111,6 +128,18 @@ def test_canonical_form_ignores_summed_names_and_factor_order():
         b = ed.parse(f"{lhs} = {shuffled}")
         assert str(a) == str(b), (text, shuffled)
         assert str(ed.parse(f"{lhs} = {text} - {shuffled}")) == f"{lhs} = 0", text
+
+
+def test_canonical_form_ignores_summed_names_inside_functions():
+    # 600 random products with tanh / exp of sums; the summed indices of the product appear
+    # inside the functions, whose terms are sorted by them
+    import random
+    rng = random.Random(11)
+    for _ in range(600):
+        free, text, shuffled = _random_product(rng, functions=True)
+        lhs = f"R_{free}" if free else "R"
+        assert str(ed.parse(f"{lhs} = {text}")) == str(ed.parse(f"{lhs} = {shuffled}")), \
+            (text, shuffled)
 
 
 def test_shared_factor_does_not_capture_other_sums():
