@@ -127,16 +127,13 @@ _SIZE, _DELTA, _TENSOR, _FUNC, _POWER = (2, 0), (2, 1), (2, 2), (2, 3), (2, 4)
 _TWO = itertools.repeat(2)
 
 
-_STARS = tuple(f"*{n}" for n in range(32))
-
-
 def _atoms(indices, mask):
     """The atoms of index names, those in ``mask`` shown as ``*n``, n the first place the
     index takes among ``indices`` (``B_kkk`` and ``B_iij`` differ with k, i, j masked), an
     iterator."""
     if mask and not mask.isdisjoint(indices):
         first = {}
-        indices = [_STARS[first.setdefault(i, n)] if i in mask else i
+        indices = [f"*{first.setdefault(i, n)}" if i in mask else i
                    for n, i in enumerate(indices)]
     return zip(_TWO, indices)
 

@@ -72,6 +72,15 @@ def test_printed_text_reads_back_as_the_same_text(text):
     assert str(ed.parse(once)) == once
 
 
+def test_a_product_of_tensors_with_more_than_32_summed_axes():
+    # a masked key names a summed index by its first axis; past axis 31 it raised IndexError
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"a{c}" for c in "abcdefgh"]
+    axes = "{" + ",".join(letters) + "}"
+    prog = ed.parse(f"L = T_{axes} B_{axes} C_{{a,b}}")
+    shape = (1,) * len(letters)
+    assert prog.evaluate(T=np.full(shape, 2.0), B=np.full(shape, 3.0), C=np.ones((1, 1))) == 6.0
+
+
 def test_a_delta_inside_a_function_folds_to_one():
     d = ed.parse("L_i = sum_j(δ_ij exp(δ_ij^3 x_j))")
     assert str(d) == "L_i = exp(x_i)"          # not exp(x_i 1^3)
