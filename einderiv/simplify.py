@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from fractions import Fraction
 
 from .errors import EinderivError
@@ -423,7 +424,7 @@ def _refined_keys(factors, own, dummies):
     return refined
 
 
-def _index_sequences(factor, mask=frozenset()):
+def _index_sequences(factor, mask):
     """The indices of ``mask`` (the summed indices being named) in the order they first
     appear when the factor is written out, nested ones included: a tuple of such sequences,
     one for each way the ties inside the factor can go.
@@ -456,19 +457,20 @@ def _nested_sequences(e: Expr, mask):
     """:func:`_index_sequences` of a function or power of ``e``."""
     if not mask:
         return ((),)
-    holding = [g for t in e.terms for g in t.factors if not mask.isdisjoint(factor_indices(g))]
-    if len(holding) == 1:
+    holding = []      # (term, its factors that hold indices of mask)
+    for t in e.terms:
+        held = [g for g in t.factors if not mask.isdisjoint(factor_indices(g))]
+        if held:
+            holding.append((t, held))
+    if len(holding) == 1 and len(holding[0][1]) == 1:
         # one factor holds them all: nothing to order here
-        (g,) = holding
+        (g,) = holding[0][1]
         inner = mask.union(i for i in factor_indices(g) if i not in e.indices)
         rest = [i for i in e.indices if i in mask]
         return tuple(tuple(dict.fromkeys([i for i in sub if i in mask] + rest))
                      for sub in _index_sequences(g, inner))
     entries = []      # (term, the orders of its factors that hold mask, its inner mask)
-    for t in e.terms:
-        held = [g for g in t.factors if not mask.isdisjoint(factor_indices(g))]
-        if not held:
-            continue
+    for t, held in holding:
         inner = mask.union(i for g in t.factors for i in factor_indices(g)
                            if i not in e.indices)
         if len(held) > 1:
@@ -549,13 +551,10 @@ def _resettle(f, names: frozenset):
     e = f.arg if kind is Func else f.base
     terms = []
     for t in e.terms:
-        factors = t.factors
-        if any(type(g) in _NESTED and not names.isdisjoint(factor_indices(g)) for g in factors):
-            factors = tuple([_resettle(g, names) if type(g) in _NESTED
-                             and not names.isdisjoint(factor_indices(g)) else g
-                             for g in factors])
-            t = Term(t.coeff, factors)
-        terms.append(t)
+        factors = [_resettle(g, names) if not names.isdisjoint(factor_indices(g)) else g
+                   for g in t.factors]
+        terms.append(t if all(map(operator.is_, factors, t.factors))
+                     else Term(t.coeff, tuple(factors)))
     e = expr(e.dim_map, terms)
     return Func(f.name, e) if kind is Func else Power(e, f.exponent)
 
@@ -652,10 +651,15 @@ def _mappings(order, factors, dummies, free):
         sequences = (f.indices,) if type(f) is Tensor else _index_sequences(f, dummies)
         if len(sequences) > 1:
             return _tied_mappings(order, pos, factors, dummies, names, mapping)
-        for index in sequences[0]:
-            if index in dummies and index not in mapping:
-                mapping[index] = names[len(mapping)]
+        _name_new(mapping, sequences[0], dummies, names)
     return [mapping]
+
+
+def _name_new(mapping, sequence, dummies, names):
+    """Give the summed indices of ``sequence`` that ``mapping`` lacks the next ``names``."""
+    for index in sequence:
+        if index in dummies and index not in mapping:
+            mapping[index] = names[len(mapping)]
 
 
 def _tied_mappings(order, start, factors, dummies, names, mapping):
@@ -669,9 +673,7 @@ def _tied_mappings(order, start, factors, dummies, names, mapping):
         f = factors[order[pos]]
         for seq in (f.indices,) if type(f) is Tensor else _index_sequences(f, dummies):
             more = dict(mapping)
-            for index in seq:
-                if index in dummies and index not in more:
-                    more[index] = names[len(more)]
+            _name_new(more, seq, dummies, names)
             walk(pos + 1, more)
             if len(found) > _MAX_SEQUENCES:
                 return
