@@ -16,6 +16,14 @@ def _us(x):
     return f"{x:.0f} µs" if x >= 10 else f"{x:.1f} µs"
 
 
+def _paired(p):
+    """The alternating-round ratio with its quartiles, ≈ where they fall on both sides of 1."""
+    if not p:
+        return "–"
+    tie = " ≈" if p["q1"] <= 1 <= p["q3"] else ""
+    return f"{p['median']:.2g}× ({p['q1']:.2g}–{p['q3']:.2g}){tie}"
+
+
 def main(path):
     res = json.loads(Path(path).read_text())
     m = res["meta"]
@@ -24,8 +32,8 @@ def main(path):
           + ("pinned to one CPU" if m.get("pinned_cpu") is not None else "all cores") + ".")
     print()
     print("| # | case | medium size | einderiv `evaluate` | numpy closed form | JAX best "
-          "| einderiv / JAX best | einderiv / closed form |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|")
+          "| einderiv / JAX best | paired | einderiv / closed form |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
     closed_over_jax = []
     for r in rows:
         p, best = r["peers"], r.get("jax_best") or {}
@@ -33,16 +41,17 @@ def main(path):
         size = ",".join(str(v) for v in r["dims"].values())
         print(f"| {r['case']} | {r['name']} | {size} | {_us(p['einderiv']['median_us'])} "
               f"| {_us(p['closed']['median_us'])} | {_us(best['median_us'])} ({best['label']}) "
-              f"| {ratios['einderiv_over_jax_best']:.2g}× | {ratios['einderiv_over_closed']:.3g}× |")
+              f"| {ratios['einderiv_over_jax_best']:.2g}× | {_paired(r.get('paired', {}).get('jax_best'))} "
+              f"| {ratios['einderiv_over_closed']:.3g}× |")
         closed_over_jax.append(p["closed"]["median_us"] / best["median_us"])
     g = res["geomeans"]
     med, sml = g.get("medium") or {}, g.get("small") or {}
     if med.get("einderiv_over_jax_best"):
         print(f"| | **geometric mean, medium** | | | | | **{med['einderiv_over_jax_best']:.2f}×** "
-              f"({1 / med['einderiv_over_jax_best']:.1f}× faster) | **{med['einderiv_over_closed']:.2f}×** |")
+              f"({1 / med['einderiv_over_jax_best']:.1f}× faster) | | **{med['einderiv_over_closed']:.2f}×** |")
     if sml.get("einderiv_over_jax_best"):
         print(f"| | geometric mean, small | | | | | {sml['einderiv_over_jax_best']:.2f}× "
-              f"| {sml['einderiv_over_closed']:.2f}× |")
+              f"| | {sml['einderiv_over_closed']:.2f}× |")
     if not closed_over_jax:
         return
     gm = math.exp(sum(map(math.log, closed_over_jax)) / len(closed_over_jax))

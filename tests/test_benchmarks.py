@@ -29,6 +29,9 @@ def test_quick_benchmark_runs_and_every_einderiv_result_agrees(tmp_path):
             assert "error" not in entry, (row["case"], peer, entry)
             assert entry["median_us"] > 0
         assert row["jax_best"]["median_us"] > 0
+        for other in ("jax_best", "closed"):            # the alternating-round comparisons
+            paired = row["paired"][other]
+            assert 0 < paired["q1"] <= paired["median"] <= paired["q3"]
         assert "def derivative(" in row["exported_source"]
         assert "opt_einsum" not in row["exported_source"]      # shapes given: kernels spelled out
     assert res["meta"]["pinned_cpu"] is not None or not hasattr(__import__("os"), "sched_setaffinity")
