@@ -38,6 +38,10 @@ class Program:
     # inputs of the program a derivative came from that its result does not read: accepted by
     # evaluate and ignored, so one dict of arrays serves the program and its derivatives
     _unused = frozenset()
+    # arrays the transform offered that its result turned out not to read: the tangent dA of
+    # a differential that simplified to 0, the Jacobian dAdX of a depends= input that
+    # cancelled; accepted by evaluate and ignored, as the SPEC's names promise them
+    _offered = frozenset()
 
     def __init__(self, statements, outputs, inputs, members, sizes, labels=None, source=""):
         self.statements = tuple(statements)
@@ -214,7 +218,8 @@ class Program:
         if missing:
             raise InputError(f"missing input array{'s' if len(missing) > 1 else ''}: "
                              f"{', '.join(missing)} (the inputs are {', '.join(self._inputs)})")
-        extra = [n for n in arrays if n not in self._inputs and n not in self._unused]
+        extra = [n for n in arrays
+                 if n not in self._inputs and n not in self._unused and n not in self._offered]
         if extra:
             raise InputError(f"unexpected input{'s' if len(extra) > 1 else ''}: {', '.join(extra)} "
                              f"(the inputs are {', '.join(self._inputs) or 'none'})")
@@ -379,9 +384,10 @@ def _as_backend_array(name, value, backend):
         if not isinstance(value, torch.Tensor):
             _refuse_bfloat16(name, value)
             value = _numpy_input(name, value)
-            if not value.flags.writeable:
-                # a read-only buffer (a jax array's) would make torch warn on every call;
-                # einderiv never writes into inputs, but torch cannot know that
+            if not value.flags.writeable or any(s < 0 for s in value.strides):
+                # a read-only buffer (a jax array's) would make torch warn on every call
+                # (einderiv never writes into inputs, but torch cannot know that); a reversed
+                # view (x[::-1]) torch cannot hold at all
                 value = value.copy()
             value = torch.as_tensor(value)
         return value, _torch_dtype(name, value.dtype)

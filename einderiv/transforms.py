@@ -139,7 +139,7 @@ def _layout_order(layout, out_idx, wrt_idx):
             order = tuple(layout.replace(" ", "").replace(",", ""))
         else:
             order = tuple(p.strip() for p in layout.split(","))
-    elif isinstance(layout, (list, tuple)):
+    elif isinstance(layout, (list, tuple)) and all(isinstance(i, str) for i in layout):
         order = tuple(layout)
     else:
         raise EinderivError(f"layout must be 'numerator', 'denominator' or an order of the "
@@ -196,6 +196,7 @@ def diff(src, wrt, of=None, layout=None, depends=None, sizes=None) -> Derivative
     derived = dict(depends)            # tensor -> variable it depends on (Jacobians too)
     program_names = (set(analysis.inputs) | {st.name for st in analysis.statements}) - set(inherited)
     wrt_names, wrt_user_idx, renames = [], [], {}
+    cone = _cone(statements, of)
     used_user = set(out_idx)
     outside = {}                       # a variable outside the program -> its first wrt entry
     for entry, name, given in entries:
@@ -229,6 +230,16 @@ def diff(src, wrt, of=None, layout=None, depends=None, sizes=None) -> Derivative
         wrt_user_idx.append(given)
         current = _jacobian_pass(current, chain, name, private, dims, derived, inputs, members,
                                  program_names)
+        # a declared dependence of an input the output reads, whose Jacobian the derivative
+        # did not read (it cancelled), is still an input: the same arrays serve whatever the
+        # formula simplifies to, and the Jacobian carries the variable's sizes
+        for k, v in depends.items():
+            if v == name and k in analysis.inputs and k in cone:
+                shown = [_axis_index(members, d, k, axis, f"{k}{axis}")
+                         for axis, d in enumerate(analysis.inputs[k])]
+                if _jacobian_input(k, analysis.inputs[k], shown, name, private, dims, inputs,
+                                   members, program_names) is not None:
+                    derived[f"d{k}d{name}"] = name
     result = rename_expr(current, renames)
     members = {d: [(t, a, renames.get(i, i), line) for t, a, i, line in group]
                for d, group in members.items()}
@@ -251,7 +262,7 @@ def diff(src, wrt, of=None, layout=None, depends=None, sizes=None) -> Derivative
     label = _derivative_label(*parts)
     result_st = Statement(rname, order, tuple(dim_map[i] for i in order), result)
     kept = _needed(statements, [result]) + [result_st]
-    keep = _cone(statements, of) | (set(inputs) - set(analysis.inputs))
+    keep = cone | (set(inputs) - set(analysis.inputs))
     inputs, members = _used_inputs(kept, inputs, members, keep)
     d = Derivative(kept, (rname,), inputs, members, analysis.sizes,
                    labels={rname: label}, source=source, of=base_of,
@@ -259,6 +270,8 @@ def diff(src, wrt, of=None, layout=None, depends=None, sizes=None) -> Derivative
                    layout=layout)
     d._analysis = analysis
     d._unused = frozenset(analysis.inputs) - set(inputs)
+    # the Jacobians of declared dependences the output does not read: accepted, ignored
+    d._offered = frozenset(f"d{k}d{v}" for k, v in derived.items() if v in wrt_names) - set(inputs)
     d._label_parts = parts
     d._depends = {k: v for k, v in derived.items() if k in inputs}
     return d
@@ -464,6 +477,25 @@ def _axis_index(members, dim, tensor, axis, default):
     return default
 
 
+def _jacobian_input(tensor, tensor_dims, tensor_indices, name, private, dims, inputs, members,
+                    program_names):
+    """Make ``d{tensor}d{name}`` an input, the Jacobian of a depends= input: its axes are the
+    tensor's, then the variable's. Returns its name if it is new, None if it was there."""
+    jac = f"d{tensor}d{name}"
+    if jac in program_names:
+        raise EinderivError(f"the Jacobian of '{tensor}' with respect to '{name}' would be "
+                            f"named '{jac}', which the program already uses; rename one of them")
+    if jac in inputs:
+        return None
+    base = inputs.get(tensor, tensor_dims)
+    inputs[jac] = tuple(base) + tuple(dims)
+    shown = [_axis_index(members, d, tensor, axis, i)
+             for axis, (d, i) in enumerate(zip(base, tensor_indices))] + list(private)
+    for axis, d in enumerate(tuple(base) + tuple(dims)):
+        members.setdefault(d, []).append((jac, axis, shown[axis], None))
+    return jac
+
+
 def _jacobian_pass(current, statements, name, private, dims, derived, inputs, members,
                    program_names=frozenset()):
     """One derivative with respect to ``name`` (indices ``private``), the chain rule through
@@ -485,18 +517,11 @@ def _jacobian_pass(current, statements, name, private, dims, derived, inputs, me
                 return None
             return rename_result(d, statements[t.name].indices, t.indices)
         if derived.get(t.name) == name:
-            jac = f"d{t.name}d{name}"
-            if jac in program_names:
-                raise EinderivError(f"the Jacobian of '{t.name}' with respect to '{name}' would be "
-                                    f"named '{jac}', which the program already uses; rename one of them")
-            if jac not in inputs:
-                inputs[jac] = tuple(inputs.get(t.name, t.dims)) + tuple(dims)
-                base = inputs.get(t.name, t.dims)
-                shown = [_axis_index(members, d, t.name, axis, i)
-                         for axis, (d, i) in enumerate(zip(base, t.indices))] + list(private)
-                for axis, d in enumerate(tuple(base) + tuple(dims)):
-                    members.setdefault(d, []).append((jac, axis, shown[axis], None))
+            jac = _jacobian_input(t.name, t.dims, t.indices, name, private, dims, inputs,
+                                  members, program_names)
+            if jac is not None:
                 new_derived[jac] = name
+            jac = f"d{t.name}d{name}"
             idx = t.indices + private
             dd = dict(zip(t.indices, t.dims))
             dd.update(wrt)
@@ -555,6 +580,7 @@ def differential(src, of=None, sizes=None) -> Program:
     program = Program(kept, ("d" + of,), inputs, members, analysis.sizes, source=source)
     program._analysis = analysis
     program._unused = frozenset(analysis.inputs) - set(inputs)
+    program._offered = frozenset("d" + n for n in analysis.inputs) - set(inputs)
     return program
 
 

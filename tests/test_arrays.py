@@ -407,3 +407,23 @@ def test_a_tensor_that_requires_grad_on_the_numpy_backend_names_the_torch_backen
         p.evaluate(W=W, x=x)
     got = p.evaluate(W=W, x=x, backend="torch")
     assert got.requires_grad and got.tolist() == [3.0, 3.0]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax", "dask"])
+def test_reversed_and_strided_views_are_inputs_like_any_other(backend):
+    """x[::-1] (negative strides) and A[:, ::-2]: torch cannot hold negative strides, and
+    backend='torch' and the exported torch code raised torch's ValueError on them."""
+    if backend != "numpy":
+        _backend(backend) if backend != "dask" else pytest.importorskip("dask.array")
+    x = np.arange(4.0)[::-1]
+    A = np.arange(24.0).reshape(4, 6)[:, ::-2]
+    d = ed.diff("y_j = sum_i(A_ij x_i^2)", wrt="x")
+    want = 2 * A * x[:, None]                      # dy_j/dx_p = 2 A_pj x_p, numerator layout
+    got = np.asarray(d.evaluate(A=A, x=x, backend=backend)).transpose(1, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    target = "numpy" if backend == "dask" else backend
+    for shapes in (None, {"A": A.shape, "x": x.shape}):
+        ns = {}
+        exec(d.to_source(target, shapes=shapes), ns)
+        got = np.asarray(ns["derivative"](A, x)).transpose(1, 0)
+        np.testing.assert_allclose(got, want, rtol=1e-12)

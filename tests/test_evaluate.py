@@ -700,3 +700,21 @@ def test_hessian_through_an_8_layer_chain_matches_finite_differences():
     got = ed.diff(_tanh_chain(n), wrt=["x_p", "x_q"]).evaluate(x=x, **{f"W{k + 1}": w for k, w in enumerate(ws)})
     assert np.abs(want).max() > 1e-3
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_a_differential_that_simplifies_to_zero_takes_its_tangents():
+    """SPEC §4: every input A gets a tangent dA; dy_i = 0 (y_i = x_i / x_i) refused dx as
+    an unexpected input. A name that is no tangent is still refused."""
+    d = ed.differential("y_i = x_i / x_i")
+    np.testing.assert_array_equal(d.evaluate(x=np.ones(3), dx=np.ones(3)), np.zeros(3))
+    with pytest.raises(ed.InputError, match="unexpected input: dq"):
+        d.evaluate(x=np.ones(3), dx=np.ones(3), dq=np.ones(3))
+
+
+def test_the_jacobian_of_a_depends_input_is_accepted_where_the_output_does_not_read_it():
+    """One dict of arrays serves every derivative: dAdX is accepted (and ignored) where the
+    output L does not read A, as A itself is."""
+    d = ed.diff("h_ij = A_ij; L = B_ii", wrt="X_pq", depends={"A": "X"})
+    got = d.evaluate(A=np.ones((2, 2)), B=np.ones((3, 3)), dAdX=np.ones((2, 2, 2, 3)),
+                     sizes={"p": 2, "q": 3})
+    np.testing.assert_array_equal(got, np.zeros((2, 3)))

@@ -347,3 +347,38 @@ def test_diff_unknown_of_raises():
 
 BAD_INPUTS_PER_RUN = (N_RANDOM_TEXT + N_MUTATIONS + N_FUZZ_DIFF + len(BAD_TEXTS) + len(INJECTIONS)
                       + len(HARMLESS) + 9 + 1 + 7 + 4 + 4)
+
+
+@pytest.mark.parametrize("target", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("text", ["y_i = 2 str_i", "y_i = getattr_i next_i + ValueError_i",
+                                  "str_i = x_i^2; y_i = str_i len_i"])
+def test_names_of_python_builtins_export_safely(target, text):
+    """A tensor named like a builtin the generated code calls (str, getattr, next, len,
+    ValueError) made the exported function call the array ('Tensor' object is not callable)
+    or fail with UnboundLocalError; evaluate never minded."""
+    if target != "numpy":
+        lib = pytest.importorskip(target)
+        if target == "jax":
+            lib.config.update("jax_enable_x64", True)
+    prog = ed.parse(text)
+    arrays = {n: np.arange(1.0, 4.0) + k for k, n in enumerate(prog.inputs)}
+    for shapes in (None, {n: (3,) for n in prog.inputs}):
+        ns = {}
+        exec(compile(prog.to_source(target, shapes=shapes), "<export>", "exec"), ns)
+        got = ns["derivative"](*[arrays[n] for n in prog.inputs])
+        np.testing.assert_allclose(np.asarray(got), prog.evaluate(**arrays), rtol=1e-12)
+    if target == "numpy":      # shapes= spells out numpy's kernels, behind a shape guard
+        with pytest.raises(ValueError, match="exported for shapes"):
+            ns["derivative"](*[np.ones(4) for _ in prog.inputs])
+
+
+def test_an_exported_function_may_not_be_named_like_a_builtin():
+    with pytest.raises(ed.EinderivError, match="name='str'"):
+        ed.parse("y_i = x_i").to_source(name="str")
+
+
+@pytest.mark.parametrize("layout", [[1, 2], [None, "p"], ("p", 3)])
+def test_a_layout_list_of_non_strings_is_an_einderiv_error(layout):
+    """It raised TypeError from str.join."""
+    with pytest.raises(ed.EinderivError, match="layout must be"):
+        ed.diff("y_i = x_i", wrt="x_p", layout=layout)

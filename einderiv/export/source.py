@@ -7,6 +7,7 @@ User text appears in the source only as identifiers the grammar has already vali
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import math
 import unicodedata
@@ -22,6 +23,9 @@ from ..kernels import GRAM_HELPER, contraction_source, gram_source, smallest_ope
 __all__ = ["generate"]
 
 _MODULES = {"np", "oe", "torch", "jax", "jnp", "math", "dtype", "device", "out", "view", "_v", "_WIDE"}
+# the generated code calls builtins (str, getattr, next, ValueError, ...): a program name
+# equal to one of them is written with a trailing underscore, never shadowing it
+_BUILTINS = frozenset(dir(builtins))
 
 _HEADER = {
     "numpy": "import numpy as np\nimport opt_einsum as oe\n",
@@ -40,6 +44,16 @@ def _contract(subscripts, *operands):
     if expression is None:
         expression = _PATHS[key] = oe.contract_expression(subscripts, *key[1:])
     return expression(*operands)
+'''
+
+_TENSOR = '''
+def _tensor(x, device):
+    """A numpy array or list as a torch tensor on `device` (a reversed view such as x[::-1]
+    copied first: torch cannot hold negative strides)."""
+    x = np.asarray(x)
+    if min(x.strides, default=0) < 0:
+        x = x.copy()
+    return torch.as_tensor(x, device=device)
 '''
 
 _DIAG = {
@@ -74,7 +88,7 @@ def _ident(name: str, taken: set) -> str:
     base = base.strip("_") or "t"
     if not base.isidentifier():
         base = "t_" + base
-    if keyword.iskeyword(base) or base in _MODULES or base.startswith("_"):
+    if keyword.iskeyword(base) or base in _MODULES or base in _BUILTINS or base.startswith("_"):
         base = base + "_"
     candidate = base
     n = 1
@@ -104,7 +118,7 @@ def _shape_expr(dim, names, input_dims, program):
 # per target: an input as the library's array, the input as numpy.result_type reads it
 # (torch's dtype by its numpy name: torch.float32 -> 'float32'), and the cast to `dtype`
 _AS_ARRAY = {"numpy": "{n} = np.asarray({n})",
-             "torch": "{n} = {n} if torch.is_tensor({n}) else torch.as_tensor(np.asarray({n}), device=device)",
+             "torch": "{n} = {n} if torch.is_tensor({n}) else _tensor({n}, device)",
              "jax": "{n} = jnp.asarray({n})"}
 _TYPE_OF = {"numpy": "{n}", "torch": "str({n}.dtype).removeprefix('torch.')", "jax": "{n}"}
 _IS_BFLOAT16 = {"numpy": "{n}.dtype.kind == 'V'", "torch": "{n}.dtype is torch.bfloat16",
@@ -144,10 +158,13 @@ def _input_prologue(inputs, target):
 
 
 def generate(program, target: str, name: str, shapes=None) -> str:
-    if not name.isidentifier() or keyword.iskeyword(name):
-        raise EinderivError(f"'{name}' is not a valid Python function name")
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise EinderivError(f"{name!r} is not a valid Python function name")
+    if name in _BUILTINS or name in _MODULES:
+        raise EinderivError(f"name={name!r} would hide Python's or the generated code's own "
+                            f"'{name}' inside the function; choose another name")
     plan = program._lowered()
-    taken = set(_MODULES) | {name, "_diagonal", "_add_diagonal", "_gram", "_contract", "_PATHS"}
+    taken = set(_MODULES) | {name, "_diagonal", "_add_diagonal", "_gram", "_contract", "_PATHS", "_tensor"}
     names = {}
     for inp in plan.inputs:
         names[inp] = _ident(inp, taken)
@@ -204,6 +221,8 @@ def generate(program, target: str, name: str, shapes=None) -> str:
     body = "\n".join("    " + line for line in lines)
     head = _HEADER[target]
     extra = _DIAG[target] if "diagonal" in helpers else ""
+    if target == "torch":
+        extra = _TENSOR + extra
     if "gram" in helpers:
         extra = "\n\n" + GRAM_HELPER + extra
     if target == "numpy" and dim_size is None and "_contract(" in body:
