@@ -76,6 +76,9 @@ def _sizes(text):
         name, eq, value = part.partition("=")
         if not eq or not name.strip() or not value.strip().isdigit():
             raise UserError(f"--sizes takes index=size pairs like i=3,j=4, got '{part}'")
+        if name.strip() in sizes:
+            raise UserError(f"--sizes gives '{name.strip()}' twice ({name.strip()}="
+                            f"{sizes[name.strip()]} and {part.strip()})")
         sizes[name.strip()] = int(value)
     return sizes
 
@@ -88,6 +91,8 @@ def _depends(text):
         name, colon, var = part.partition(":")
         if not colon or not name.strip() or not var.strip():
             raise UserError(f"--depends takes name:variable pairs like A:X,B:X, got '{part}'")
+        if name.strip() in out:
+            raise UserError(f"--depends gives '{name.strip()}' twice")
         out[name.strip()] = var.strip()
     return out
 
@@ -101,11 +106,12 @@ def _layout(text):
 
 
 def _read_formula(arg: str) -> str:
+    # a file saved as "UTF-8 with BOM" starts with U+FEFF, which is not part of the formula
     if arg == "-":
-        return sys.stdin.read()
+        return sys.stdin.read().removeprefix("\ufeff")
     if os.path.isfile(arg):
         try:
-            with open(arg, encoding="utf-8") as fh:
+            with open(arg, encoding="utf-8-sig") as fh:
                 return fh.read()
         except (OSError, UnicodeDecodeError) as err:
             raise UserError(f"cannot read '{arg}': {err}") from None

@@ -176,6 +176,9 @@ _CHARACTER_HINTS = {
     "[": "indices follow '_': A_ij, not A[i,j]",
     "}": "a '}' without its '{'",
     ",": "statements are separated by ';' or a new line; named indices go in braces, W_{out,in}",
+    **dict.fromkeys("−–—", "a minus is written '-'"),
+    "÷": "a division is written '/'",
+    "\ufeff": "a byte-order mark: save the file as UTF-8 without BOM",
 }
 
 

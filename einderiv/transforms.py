@@ -26,7 +26,8 @@ def _as_analysis(src, sizes) -> tuple[Analysis, str, str | None]:
     ``diff(diff(f, x), x)`` is the second derivative)."""
     if isinstance(src, Program):
         if sizes:
-            raise EinderivError("sizes= goes with the formula text, not with a parsed Program")
+            raise EinderivError("sizes= goes with the formula text, not with a parsed Program: "
+                                "give it to parse() with the text, or to evaluate()")
         earlier = getattr(src, "_analysis", None)
         inputs = dict(src._inputs)
         # an input the result no longer reads (x in the Hessian A + Aᵀ of x'Ax) is still a

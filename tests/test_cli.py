@@ -88,6 +88,15 @@ def test_file_stdin_of_sizes_depends(tmp_path):
     assert r.returncode == 0
 
 
+def test_a_file_or_stdin_saved_with_a_byte_order_mark(tmp_path):
+    """'UTF-8 with BOM' (U+FEFF first) was 'unexpected character' at column 1."""
+    model = tmp_path / "bom.ein"
+    model.write_bytes("\ufeffC_ik = A_ij B_jk\n".encode("utf-8"))
+    for args, stdin in (([str(model)], None), (["-"], "\ufeffC_ik = A_ij B_jk\n")):
+        r = run("diff", *args, "--wrt", "A_pq", stdin=stdin)
+        assert (r.returncode, r.stdout) == (0, "dC_ik/dA_pq = δ_ip B_qk\n"), r.stderr
+
+
 def test_differential_and_vjp():
     r = run("differential", "C_ik = A_ij B_jk")
     assert r.returncode == 0 and r.stdout == str(ed.differential("C_ik = A_ij B_jk")) + "\n"
@@ -182,6 +191,9 @@ BAD = [
     (["explain", "C_ik = A_ij B_jk", "--wrt", "A_pqr"], "A"),
     (["differential", "C_ik = A_ij B_j"], "k"),
     (["bogus"], "invalid choice"),
+    (["check", "y_i = x_i", "--wrt", "x", "--sizes", "i=3,i=4"], "gives 'i' twice"),
+    (["diff", "C_ik = A_ij B_jk", "--wrt", "X", "--depends", "A:X,A:Y"], "gives 'A' twice"),
+    (["diff", "y_i = x_i − z_i", "--wrt", "x"], "a minus is written '-'"),
     (["check", "C_ik = A_ij B_jk", "--wrt", "A", "--sizes", "i=99999999999999999999999"],
      "above the memory limit"),
 ]

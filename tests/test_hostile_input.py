@@ -382,3 +382,10 @@ def test_a_layout_list_of_non_strings_is_an_einderiv_error(layout):
     """It raised TypeError from str.join."""
     with pytest.raises(ed.EinderivError, match="layout must be"):
         ed.diff("y_i = x_i", wrt="x_p", layout=layout)
+
+
+@pytest.mark.parametrize("shape", [(2.5, 3), "23", (True, 3), (2, "3")])
+def test_export_shapes_must_be_whole_numbers(shape):
+    """(2.5, 3) was read as (2, 3) and '23' as (2, 3), which then 'had size 3 in A but 3 in B'."""
+    with pytest.raises(ed.EinderivError, match="whole-number sizes"):
+        ed.parse("C_ik = A_ij B_jk").to_source("numpy", shapes={"A": shape, "B": (3, 4)})

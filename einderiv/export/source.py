@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import keyword
 import math
+import operator
 import unicodedata
 from typing import NamedTuple
 
@@ -255,9 +256,13 @@ def _check_shapes(shapes, input_dims):
     for name, dims in input_dims.items():
         shape = shapes[name]
         try:
-            shape = tuple(int(n) for n in shape)
-        except (TypeError, ValueError):
-            raise EinderivError(f"shapes['{name}'] must be a tuple of sizes, got {shape!r}") from None
+            # whole numbers only: int() would read 2.5 as 2 and the string "23" as (2, 3)
+            if isinstance(shape, (str, bytes)) or any(isinstance(n, bool) for n in shape):
+                raise TypeError
+            shape = tuple(operator.index(n) for n in shape)
+        except TypeError:
+            raise EinderivError(f"shapes['{name}'] must be a tuple of whole-number sizes, "
+                                f"got {shape!r}") from None
         if len(shape) != len(dims) or any(n < 0 for n in shape):
             raise EinderivError(f"shapes['{name}'] is {shape}, but the formula uses {name} with "
                                 f"{len(dims)} ind{'ex' if len(dims) == 1 else 'ices'}")
