@@ -578,7 +578,12 @@ def differential(src, of=None, sizes=None) -> Program:
     kept = _needed(all_st, [final.expr]) + [final]
     keep = _cone(statements, of)
     inputs, members = _used_inputs(kept, inputs, members, keep | {"d" + n for n in keep})
-    program = Program(kept, ("d" + of,), inputs, members, analysis.sizes, source=source)
+    # a Derivative's result ∂L shows as dL/dx_p; its tangent as d(dL/dx_p), not d∂L_p
+    shown = getattr(src, "_labels", {})
+    labels = {st.name: shown.get(st.name) or f"d({shown[st.name[1:]]})" for st in kept
+              if st.name in shown or (st.name[:1] == "d" and st.name[1:] in shown)}
+    program = Program(kept, ("d" + of,), inputs, members, analysis.sizes, labels=labels,
+                      source=source)
     program._analysis = analysis
     program._unused = frozenset(analysis.inputs) - set(inputs)
     program._offered = frozenset("d" + n for n in analysis.inputs) - set(inputs)

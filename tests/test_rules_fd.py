@@ -1114,6 +1114,8 @@ def test_vjp_and_differential_of_a_derivative():
     assert_close(got, g @ hess, atol_rel=ATOL_REL[2], what="vjp(diff)")
     got = evaluate(ed.differential(first), {"x": x, "dx": g})
     assert_close(got, hess @ g, atol_rel=ATOL_REL[2], what="differential(diff)")
+    # the tangent of dL/dx_p reads as such (it printed as d∂L_p before)
+    assert str(ed.differential(first)) == "d(dL/dx_p) = 6 dx_p x_p"
     second = ed.diff(ed.vjp("L = x_i x_i x_i", wrt="x"), wrt="x")
     assert_close(evaluate(second, {"x": x, "G": np.array(1.0)}), hess, atol_rel=ATOL_REL[2],
                  what="diff(vjp)")
