@@ -21,18 +21,20 @@ def client():
 
 
 def test_gradient_over_row_chunks_on_two_workers(client):
-    rng = np.random.default_rng(0)
+    # the rows are made by dask, chunk by chunk on the workers (as data loaded with dask would
+    # be), not shipped from this process inside the graph
     rows, cols = 200_000, 20
-    A = rng.normal(size=(rows, cols))
-    x = rng.normal(size=cols)
-    b = rng.normal(size=rows)
-    grad = ed.diff(LEAST_SQUARES, wrt="x")
-    expected = grad.evaluate(A=A, x=x, b=b)
     chunks = rows // 8
-    lazy = grad.evaluate(backend="dask", A=da.from_array(A, chunks=(chunks, cols)),
-                         x=da.from_array(x, chunks=cols), b=da.from_array(b, chunks=chunks))
+    rng = da.random.default_rng(0)
+    A_lazy = rng.normal(size=(rows, cols), chunks=(chunks, cols))
+    b_lazy = rng.normal(size=rows, chunks=chunks)
+    x = np.random.default_rng(0).normal(size=cols)
+    grad = ed.diff(LEAST_SQUARES, wrt="x")
+    lazy = grad.evaluate(backend="dask", A=A_lazy, x=da.from_array(x, chunks=cols), b=b_lazy)
     assert isinstance(lazy, da.Array)
     got = client.compute(lazy).result()
+    A, b = client.compute([A_lazy, b_lazy], sync=True)       # the same numbers, for numpy
+    expected = grad.evaluate(A=A, x=x, b=b)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
     np.testing.assert_allclose(got, 2 * A.T @ (A @ x - b), rtol=1e-10)
     # the work was spread over both workers
