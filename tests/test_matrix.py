@@ -185,3 +185,17 @@ def test_one_axis_derivative_with_respect_to_a_scalar():
     np.testing.assert_allclose(ed.diff("y_i = x_i^a", wrt="a").evaluate(x=x, a=a),
                                x ** a * np.log(x), rtol=1e-12)
     assert ed.matrix_form(ed.diff("y_i = x_i^a", wrt="a")).exists
+
+
+@pytest.mark.parametrize("src, wrt, layout, want", [
+    ("L = A_ij X_jk B_ki", "X_pq", "qp", "∂L/∂X = BA   (layout qp: the transpose of the shape of X)"),
+    ("L = A_ij X_jk B_ki", "X_pq", None, "∂L/∂X = Aᵀ Bᵀ   (denominator layout: the shape of X)"),
+    ("L = x_i B_ij y_j", ["x_p", "y_q"], "qp", "∂²L/∂x∂y = Bᵀ   (rows y_q, columns x_p)"),
+    ("L = x_i B_ij y_j", ["x_p", "y_q"], None, "∂²L/∂x∂y = B   (rows x_p, columns y_q)"),
+    ("L = exp(a) x_i x_i", ["a", "x_p"], None, "∂²L/∂a∂x = 2 exp(a) x   (a vector along x_p)"),
+])
+def test_the_layout_note_describes_the_axes_as_written(src, wrt, layout, want):
+    """An explicit layout that reverses the axes was described as the default: BA (the
+    transpose of the gradient) was labelled 'denominator layout: the shape of X'."""
+    kw = {} if layout is None else {"layout": layout}
+    assert str(ed.matrix_form(ed.diff(src, wrt=wrt, **kw))).splitlines()[-1] == want

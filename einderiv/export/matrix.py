@@ -976,24 +976,36 @@ def _sup(n):
 
 
 def _layout_note(d) -> str:
+    """Which axis of the result is which, as the matrix is written: from the result's own
+    axis order, so an explicit layout (``layout="qp"``) is described as it is, never as the
+    default it reverses."""
     st = d.output
-    if not d.wrt:
+    if not d.wrt or not st.indices:
         return ""
     wrt_names = [w.split("_")[0] for w in d.wrt]
-    wrt_idx = [i for w in d.wrt for i in _wrt_indices(w)]
-    n_out = len(st.indices) - len(wrt_idx)
-    if n_out == 0:
-        if len(wrt_names) == 1:
-            return f"denominator layout: the shape of {wrt_names[0]}"
-        return f"rows {d.wrt[0]}, columns {d.wrt[1]}"
+    entry, name = {}, {}                 # result index -> its wrt entry (x_p) / tensor (x)
+    for w, n in zip(d.wrt, wrt_names):
+        for i in _wrt_indices(w):
+            entry[i], name[i] = w, n
+    n_out = sum(1 for i in st.indices if i not in entry)
     layout = d.layout if isinstance(d.layout, str) else "".join(d.layout)
-    if len(st.indices) != 2:      # a vector (dy_i/da, a scalar a) or more than two axes
-        return f"{layout} layout" if layout in ("numerator", "denominator") else f"layout {layout}"
+    named = f"{layout} layout" if layout in ("numerator", "denominator") else f"layout {layout}"
+    if n_out == 0 and len(wrt_names) == 1:
+        own = tuple(_wrt_indices(d.wrt[0]))
+        if tuple(st.indices) == own:
+            return f"denominator layout: the shape of {wrt_names[0]}"
+        if len(st.indices) == 2:
+            return f"layout {''.join(st.indices)}: the transpose of the shape of {wrt_names[0]}"
+        return f"layout {''.join(st.indices)}"
+    if len(st.indices) == 1:
+        (i,) = st.indices
+        return f"a vector along {entry[i]}" if n_out == 0 else named
+    if len(st.indices) != 2:
+        return named
     rows, cols = st.indices
-    what = {i: d.of for i in st.indices if i not in wrt_idx}
-    what.update({i: wrt_names[0] for i in wrt_idx})
-    name = f"{layout} layout" if layout in ("numerator", "denominator") else f"layout {layout}"
-    return f"{name}: rows {what[rows]}, columns {what[cols]}"
+    if n_out == 0:
+        return f"rows {entry[rows]}, columns {entry[cols]}"
+    return f"{named}: rows {name.get(rows, d.of)}, columns {name.get(cols, d.of)}"
 
 
 def _wrt_indices(w):
