@@ -199,3 +199,20 @@ def test_the_layout_note_describes_the_axes_as_written(src, wrt, layout, want):
     transpose of the gradient) was labelled 'denominator layout: the shape of X'."""
     kw = {} if layout is None else {"layout": layout}
     assert str(ed.matrix_form(ed.diff(src, wrt=wrt, **kw))).splitlines()[-1] == want
+
+
+def test_latex_of_labels_and_powers_compiles_as_written():
+    """d(dL/dx_p) was \\frac{\\partial \\mathrm{(dL}}{...}; the 12th derivative leaked '^12L';
+    A^{\\top}^{\\circ 2} is a double superscript TeX refuses; Greek names stayed raw."""
+    d = ed.differential(ed.diff("L = x_i A_ij x_j", wrt="x_p"))
+    assert d.latex().startswith(r"d\left(\frac{\partial L}{\partial x_{p}}\right) = ")
+    form = ed.matrix_form(d)
+    assert str(form).startswith("d(∂L/∂x) = ")
+    assert form.latex().startswith(r"d\left(\frac{\partial L}{\partial x}\right) = ")
+    high = ed.diff("L = exp(a)", wrt=["a"] * 12)
+    assert r"\frac{\partial^{12} L}{" in high.latex() and "^12" not in high.latex()
+    assert r"\frac{\partial^{12} L}{" in ed.matrix_form(high).latex()
+    squared = ed.matrix_form(ed.diff("L = (A_ij x_j)^2", wrt="x")).latex()
+    assert r"{A^{\top}}^{\circ 2}" in squared and r"^{\top}^" not in squared
+    greek = ed.matrix_form(ed.diff("L = exp(α) x_i x_i", wrt=["α", "x"])).latex()
+    assert greek.startswith(r"\frac{\partial^{2} L}{\partial \alpha \partial x} = ")

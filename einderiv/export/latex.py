@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 from ..ir import Delta, Expr, Func, Power, Size, Tensor, Term, term_indices
@@ -125,12 +126,22 @@ def expr_latex(e: Expr, taken=frozenset()) -> str:
 
 
 def label_latex(program, st) -> str:
-    label = program.label(st)
+    return _label_latex(program.label(st))
+
+
+_ORDER = re.compile(r"^(?:[²³⁴⁵⁶⁷⁸⁹]|\^\d+)")
+
+
+def _label_latex(label: str) -> str:
+    """``dL/dx_p`` as a fraction of partials, ``d²L/dx_p dx_q`` (or ``d^12L/...``) with its
+    order, ``d(dL/dx_p)`` (the differential of a derivative) as d of that fraction."""
+    if label.startswith("d(") and label.endswith(")"):
+        return r"d\left(" + _label_latex(label[2:-1]) + r"\right)"
     if "/" in label and label.startswith("d"):
         num, den = label.split("/", 1)
         parts = den.split(" ")
         order = len(parts)
-        head = num[1:].lstrip("²³⁴⁵⁶⁷⁸⁹")
+        head = _ORDER.sub("", num[1:])
         name, _, idx = head.partition("_")
         top = (r"\partial^{%d} " % order if order > 1 else r"\partial ") + _name(name) + (_sub(_idx(idx)) if idx else "")
         bottom = " ".join(r"\partial " + _name(p[1:].partition("_")[0]) + _sub(_idx(p[1:].partition("_")[2])) for p in parts)

@@ -15,6 +15,7 @@ wrong matrix form can never be shown.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional
@@ -695,6 +696,8 @@ class _Latex(_Text):
         base = self.render(node.base, "atom")
         if _lone(node.base, Pw):
             base = self.wrap(base)
+        elif "^" in base and not base.endswith(r"\right)"):
+            base = "{" + base + "}"      # A^{\top}^{\circ 2} is a double superscript in TeX
         text = self.number(n) if n is not None else self.render(node.exponent)
         if is_scalar(node.base):
             return base + "^{" + text + "}"
@@ -939,13 +942,52 @@ def _unkron(value, shape):
     return value.reshape(tuple(shape), order="F")
 
 
+_SUPERSCRIPTS = {"²": 2, "³": 3, "⁴": 4, "⁵": 5, "⁶": 6, "⁷": 7, "⁸": 8, "⁹": 9}
+
+
 def _label_latex(label: str) -> str:
-    out = label.replace("∂²", r"\partial^{2} ").replace("∂", r"\partial ")
-    out = out.replace("vec(", r"\operatorname{vec}(")
-    if "/" in out:
-        num, den = out.split("/", 1)
-        return r"\frac{" + num + "}{" + den + "}"
-    return out
+    """``∂L/∂X``, ``∂²L/∂x∂y``, ``∂vec(F)/∂vec(X)`` and ``d(∂L/∂x)`` in LaTeX, names
+    as the index form writes them (Greek letters, multi-letter names upright)."""
+    if label.startswith("d(") and label.endswith(")"):
+        return r"d\left(" + _label_latex(label[2:-1]) + r"\right)"
+    if "/" in label:
+        num, den = label.split("/", 1)
+        return r"\frac{" + _partials_latex(num) + "}{" + _partials_latex(den) + "}"
+    return _partials_latex(label)
+
+
+def _partials_latex(text: str) -> str:
+    from .latex import _name
+    out = []
+    for piece in text.split("∂"):
+        if not piece and not out:
+            continue                         # the text starts with ∂
+        order = None
+        if piece[:1] in _SUPERSCRIPTS:
+            order, piece = _SUPERSCRIPTS[piece[0]], piece[1:]
+        elif piece.startswith("^"):
+            digits = re.match(r"\^(\d+)", piece)
+            order, piece = int(digits.group(1)), piece[digits.end():]
+        if piece.startswith("vec(") and piece.endswith(")"):
+            name = r"\operatorname{vec}(" + _name(piece[4:-1]) + ")"
+        else:
+            name = _name(piece)
+        if text.startswith("∂"):
+            name = (r"\partial " if order is None else r"\partial^{%d} " % order) + name
+        out.append(name)
+    return " ".join(out)
+
+
+def _from_text_label(label: str) -> str:
+    """A Program's text label (``dL/dx_p``, ``d(dL/dx_p)``) the way matrix forms write
+    derivatives (``∂L/∂x``, ``d(∂L/∂x)``): partials, no indices."""
+    if label.startswith("d(") and label.endswith(")"):
+        return "d(" + _from_text_label(label[2:-1]) + ")"
+    if "/" in label and label.startswith("d"):
+        num, den = label.split("/", 1)
+        return ("∂" + num[1:].split("_")[0] + "/"
+                + "".join("∂" + p[1:].split("_")[0] for p in den.split(" ")))
+    return label.split("_")[0]
 
 
 def _dim_sizes(program, arrays, sizes):
@@ -1038,6 +1080,8 @@ def matrix_form(program, check=True) -> MatrixForm:
                 raise NoMatrixForm("the program has several outputs")
             if last and is_derivative:
                 label = _derivative_label(program)
+            elif st.name in program._labels:
+                label = _from_text_label(program._labels[st.name])
             else:
                 label = st.name.lstrip("∂↦")
             if len(st.indices) > 2:
