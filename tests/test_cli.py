@@ -128,11 +128,23 @@ def test_check_passes_and_reports_errors():
     assert r.returncode == 0
 
 
-def test_check_finds_a_mismatch():
-    # zero tolerance: central differences of exp carry a truncation error, so they never agree
-    r = run("check", "L = sum_i(exp(x_i))", "--wrt", "x", "--sizes", "i=3", "--rtol", "0", "--atol", "0")
-    assert r.returncode == 1
-    assert "MISMATCH" in r.stdout and "Traceback" not in r.stderr
+@pytest.mark.parametrize("formula, where", [
+    ("L = sum_i(exp(x_i))", "1,20"),       # |L| ~ 1e9 next to derivatives ~ 4: rounding
+    ("L = log(x_i)", "1e-4,1e-3"),          # a fixed step of 1e-6 is large next to x
+    ("L = sqrt(x_i)", "1e-7,1e-6"),         # ... and stepped out of the domain
+])
+def test_check_does_not_call_a_right_derivative_a_mismatch(formula, where):
+    """These were MISMATCH (exit 1; 'max rel error 7.68e-11: MISMATCH') or 'not finite'
+    (exit 2, after printing the derivative): the step was 1e-6 max(1, |x|) and the
+    tolerance ignored the rounding error of differences of large values."""
+    r = run("check", formula, "--wrt", "x", "--sizes", "i=5", "--range", where)
+    assert (r.returncode, r.stderr) == (0, ""), r.stdout + r.stderr
+    assert r.stdout.rstrip().endswith("OK")
+
+
+def test_check_outside_the_domain_prints_no_derivative_first():
+    r = run("check", "L = sum_i(log(x_i - 1))", "--wrt", "x", "--sizes", "i=3")
+    assert r.returncode == 2 and r.stdout == ""
 
 
 @pytest.mark.parametrize("args, message", [
