@@ -513,8 +513,10 @@ def compile_plan(plan: Plan, dim_size: dict, dtype, backend: str, max_bytes: int
     for step in plan.steps:
         if isinstance(step, ExprStep):
             out_shape = tuple(dim_size[d] for d in step.dims)
-            check_bytes(f"the result '{step.target}'" if not step.target.startswith("%")
-                        else "an intermediate", out_shape)
+            # a derivative's result is named ∂C inside; the user knows it as "the derivative"
+            check_bytes("an intermediate" if step.target.startswith("%")
+                        else "the derivative" if step.target.startswith("∂")
+                        else f"the result '{step.target}'", out_shape)
             runners.append(_compile_expr(step, shapes, dim_size, dtype, backend, check_bytes))
             shapes[step.target] = out_shape
         elif isinstance(step, FuncStep):
