@@ -215,4 +215,4 @@ def test_latex_of_labels_and_powers_compiles_as_written():
     squared = ed.matrix_form(ed.diff("L = (A_ij x_j)^2", wrt="x")).latex()
     assert r"{A^{\top}}^{\circ 2}" in squared and r"^{\top}^" not in squared
     greek = ed.matrix_form(ed.diff("L = exp(α) x_i x_i", wrt=["α", "x"])).latex()
-    assert greek.startswith(r"\frac{\partial^{2} L}{\partial \alpha \partial x} = ")
+    assert greek.startswith(r"\frac{\partial^{2} L}{\partial \alpha\partial x} = ")

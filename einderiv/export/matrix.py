@@ -975,7 +975,7 @@ def _partials_latex(text: str) -> str:
         if text.startswith("∂"):
             name = (r"\partial " if order is None else r"\partial^{%d} " % order) + name
         out.append(name)
-    return " ".join(out)
+    return "".join(out)
 
 
 def _from_text_label(label: str) -> str:
