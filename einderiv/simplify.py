@@ -528,15 +528,15 @@ def _scan_fresh(e: Expr) -> bool:
     return False
 
 
-def _settle(f, renamed=False):
-    """Re-canonicalize the nested expression of a factor after a rename changed the names
-    it is sorted by, or moved its summed indices aside."""
+def _settle(f):
+    """Re-canonicalize the nested expression of a factor whose summed indices were moved
+    aside (a rename to canonical names goes through :func:`_resettle`)."""
     kind = type(f)
     if kind is Func:
-        if renamed or _has_fresh(f.arg):
+        if _has_fresh(f.arg):
             return Func(f.name, expr(f.arg.dim_map, f.arg.terms))
     elif kind is Power:
-        if renamed or _has_fresh(f.base):
+        if _has_fresh(f.base):
             return Power(expr(f.base.dim_map, f.base.terms), f.exponent)
     return f
 

@@ -236,10 +236,9 @@ def diff(src, wrt, of=None, layout=None, depends=None, sizes=None) -> Derivative
         # formula simplifies to, and the Jacobian carries the variable's sizes
         for k, v in depends.items():
             if v == name and k in analysis.inputs and k in cone:
-                shown = [_axis_index(members, d, k, axis, f"{k}{axis}")
-                         for axis, d in enumerate(analysis.inputs[k])]
-                if _jacobian_input(k, analysis.inputs[k], shown, name, private, dims, inputs,
-                                   members, program_names) is not None:
+                own = analysis.inputs[k]
+                if _jacobian_input(k, own, own, name, private, dims, inputs, members,
+                                   program_names):
                     derived[f"d{k}d{name}"] = name
     result = rename_expr(current, renames)
     members = {d: [(t, a, renames.get(i, i), line) for t, a, i, line in group]
@@ -481,20 +480,21 @@ def _axis_index(members, dim, tensor, axis, default):
 def _jacobian_input(tensor, tensor_dims, tensor_indices, name, private, dims, inputs, members,
                     program_names):
     """Make ``d{tensor}d{name}`` an input, the Jacobian of a depends= input: its axes are the
-    tensor's, then the variable's. Returns its name if it is new, None if it was there."""
+    tensor's, then the variable's (shown by the tensor's own index names, ``tensor_indices``
+    where it has none). Whether it is new."""
     jac = f"d{tensor}d{name}"
     if jac in program_names:
         raise EinderivError(f"the Jacobian of '{tensor}' with respect to '{name}' would be "
                             f"named '{jac}', which the program already uses; rename one of them")
     if jac in inputs:
-        return None
+        return False
     base = inputs.get(tensor, tensor_dims)
     inputs[jac] = tuple(base) + tuple(dims)
     shown = [_axis_index(members, d, tensor, axis, i)
              for axis, (d, i) in enumerate(zip(base, tensor_indices))] + list(private)
     for axis, d in enumerate(tuple(base) + tuple(dims)):
         members.setdefault(d, []).append((jac, axis, shown[axis], None))
-    return jac
+    return True
 
 
 def _jacobian_pass(current, statements, name, private, dims, derived, inputs, members,
@@ -518,11 +518,10 @@ def _jacobian_pass(current, statements, name, private, dims, derived, inputs, me
                 return None
             return rename_result(d, statements[t.name].indices, t.indices)
         if derived.get(t.name) == name:
-            jac = _jacobian_input(t.name, t.dims, t.indices, name, private, dims, inputs,
-                                  members, program_names)
-            if jac is not None:
-                new_derived[jac] = name
             jac = f"d{t.name}d{name}"
+            if _jacobian_input(t.name, t.dims, t.indices, name, private, dims, inputs,
+                               members, program_names):
+                new_derived[jac] = name
             idx = t.indices + private
             dd = dict(zip(t.indices, t.dims))
             dd.update(wrt)

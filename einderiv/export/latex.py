@@ -130,6 +130,17 @@ def label_latex(program, st) -> str:
 
 
 _ORDER = re.compile(r"^(?:[²³⁴⁵⁶⁷⁸⁹]|\^\d+)")
+_SUPERSCRIPT_DIGITS = {c: n for n, c in enumerate("²³⁴⁵⁶⁷⁸⁹", start=2)}
+
+
+def split_order(text: str):
+    """The order a label writes before a name and the rest: ``²L`` → (2, "L"), ``^12L`` →
+    (12, "L"), ``L`` → (None, "L")."""
+    found = _ORDER.match(text)
+    if found is None:
+        return None, text
+    mark = found.group(0)
+    return _SUPERSCRIPT_DIGITS.get(mark) or int(mark[1:]), text[found.end():]
 
 
 def _label_latex(label: str) -> str:
@@ -141,7 +152,7 @@ def _label_latex(label: str) -> str:
         num, den = label.split("/", 1)
         parts = den.split(" ")
         order = len(parts)
-        head = _ORDER.sub("", num[1:])
+        _, head = split_order(num[1:])
         name, _, idx = head.partition("_")
         top = (r"\partial^{%d} " % order if order > 1 else r"\partial ") + _name(name) + (_sub(_idx(idx)) if idx else "")
         bottom = " ".join(r"\partial " + _name(p[1:].partition("_")[0]) + _sub(_idx(p[1:].partition("_")[2])) for p in parts)

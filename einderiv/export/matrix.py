@@ -15,7 +15,6 @@ wrong matrix form can never be shown.
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional
@@ -942,9 +941,6 @@ def _unkron(value, shape):
     return value.reshape(tuple(shape), order="F")
 
 
-_SUPERSCRIPTS = {"²": 2, "³": 3, "⁴": 4, "⁵": 5, "⁶": 6, "⁷": 7, "⁸": 8, "⁹": 9}
-
-
 def _label_latex(label: str) -> str:
     """``∂L/∂X``, ``∂²L/∂x∂y``, ``∂vec(F)/∂vec(X)`` and ``d(∂L/∂x)`` in LaTeX, names
     as the index form writes them (Greek letters, multi-letter names upright)."""
@@ -957,17 +953,12 @@ def _label_latex(label: str) -> str:
 
 
 def _partials_latex(text: str) -> str:
-    from .latex import _name
+    from .latex import _name, split_order
     out = []
     for piece in text.split("∂"):
         if not piece and not out:
             continue                         # the text starts with ∂
-        order = None
-        if piece[:1] in _SUPERSCRIPTS:
-            order, piece = _SUPERSCRIPTS[piece[0]], piece[1:]
-        elif piece.startswith("^"):
-            digits = re.match(r"\^(\d+)", piece)
-            order, piece = int(digits.group(1)), piece[digits.end():]
+        order, piece = split_order(piece)
         if piece.startswith("vec(") and piece.endswith(")"):
             name = r"\operatorname{vec}(" + _name(piece[4:-1]) + ")"
         else:
